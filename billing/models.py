@@ -1,0 +1,367 @@
+"""Accounts, the append-only ledger, holds, API keys and the model catalog.
+
+Money columns are NUMERIC(24, 12) (see billing/money.py). Ledger entries, price versions and price
+snapshots are immutable: PostgreSQL triggers (migration 0002) refuse UPDATE and DELETE on them.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+from django.db.models import Q
+
+from billing import money
+
+
+def MoneyField(**kwargs):
+    kwargs.setdefault("max_digits", money.MONEY_DIGITS)
+    kwargs.setdefault("decimal_places", money.MONEY_PLACES)
+    return models.DecimalField(**kwargs)
+
+
+def PriceField(help_text: str, **kwargs):
+    kwargs.setdefault("default", 0)
+    return models.DecimalField(
+        max_digits=money.PRICE_DIGITS, decimal_places=money.PRICE_PLACES, help_text=help_text, **kwargs
+    )
+
+
+# --- accounts and ledger -----------------------------------------------------------------------
+
+
+class Account(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+
+    name = models.CharField(max_length=120, unique=True, help_text="Customer organisation name.")
+    status = models.CharField(
+        max_length=16,
+        choices=Status.choices,
+        default=Status.ACTIVE,
+        help_text="A suspended account's requests are refused (402) before any upstream call.",
+    )
+    balance = MoneyField(
+        default=0,
+        editable=False,
+        help_text="Prepaid USD balance. Always equals the sum of the account's ledger entries; "
+        "change it only through a ledger entry (the 'Credit / adjust' action).",
+    )
+    reserved = MoneyField(
+        default=0,
+        editable=False,
+        help_text="Sum of open holds: credit reserved by requests in flight.",
+    )
+    credit_limit = MoneyField(
+        default=0,
+        help_text="How far below zero the balance may go (USD, >= 0). 0 means strictly prepaid.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="accounts")
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(credit_limit__gte=0), name="account_credit_limit_gte_0"),
+            models.CheckConstraint(condition=Q(reserved__gte=0), name="account_reserved_gte_0"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def available(self):
+        """Credit a new request may reserve: balance + credit limit - open holds."""
+        return self.balance + self.credit_limit - self.reserved
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "owner", "Owner"
+        MEMBER = "member", "Member"
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["account", "user"], name="membership_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.account} ({self.role})"
+
+
+class LedgerEntry(models.Model):
+    """One append-only movement of an account's balance. Corrections are new entries."""
+
+    class Kind(models.TextChoices):
+        TOPUP = "topup", "Top-up"
+        ADJUSTMENT = "adjustment", "Adjustment"
+        USAGE = "usage", "Usage charge"
+        REFUND = "refund", "Refund"
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="ledger_entries")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    amount = MoneyField(help_text="Signed USD: credits are positive, charges negative.")
+    balance_after = MoneyField(help_text="The account balance right after this entry.")
+    idempotency_key = models.CharField(
+        max_length=200,
+        unique=True,
+        help_text="Posting the same key twice returns the first entry instead of moving money again.",
+    )
+    reason = models.TextField(blank=True, help_text="Why: shown to operators and in the account's statement.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    hold = models.OneToOneField("Hold", null=True, blank=True, on_delete=models.PROTECT, related_name="entry")
+    request_id = models.CharField(max_length=64, blank=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "ledger entries"
+        indexes = [models.Index(fields=["account", "-created_at"], name="ledger_account_time")]
+        constraints = [
+            models.CheckConstraint(condition=~Q(kind="topup") | Q(amount__gt=0), name="ledger_topup_positive"),
+            models.CheckConstraint(condition=~Q(kind="refund") | Q(amount__gt=0), name="ledger_refund_positive"),
+            models.CheckConstraint(condition=~Q(kind="usage") | Q(amount__lt=0), name="ledger_usage_negative"),
+            models.CheckConstraint(condition=~Q(amount=0), name="ledger_amount_nonzero"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount} USD ({self.account_id})"
+
+
+class Hold(models.Model):
+    """Credit reserved by one request before it calls upstream; resolved exactly once."""
+
+    class State(models.TextChoices):
+        OPEN = "open", "Open"
+        SETTLED = "settled", "Settled"
+        RELEASED = "released", "Released"
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="holds")
+    api_key = models.ForeignKey("ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    request_id = models.CharField(max_length=64, unique=True)
+    amount = MoneyField(help_text="Maximum possible cost of the request.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.OPEN)
+    settled_amount = MoneyField(null=True, blank=True, help_text="Charged on settle (<= amount).")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(help_text="After this the sweeper may release the hold.")
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["expires_at"], condition=Q(state="open"), name="hold_open_expiry"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gte=0), name="hold_amount_gte_0"),
+            models.CheckConstraint(
+                condition=Q(settled_amount__isnull=True) | Q(settled_amount__lte=models.F("amount")),
+                name="hold_settled_lte_amount",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"hold {self.request_id} {self.amount} ({self.state})"
+
+
+# --- API keys ------------------------------------------------------------------------------------
+
+
+class ApiKey(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        DISABLED = "disabled", "Disabled"
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=64)
+    prefix = models.CharField(
+        max_length=16, db_index=True, help_text="Non-secret leading part of the key, shown in usage and tickets."
+    )
+    key_hash = models.CharField(max_length=64, unique=True, editable=False, help_text="SHA-256 of the key.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
+    all_models = models.BooleanField(default=True, help_text="Scope: every visible model.")
+    allowed_models = ArrayField(
+        models.CharField(max_length=100),
+        default=list,
+        blank=True,
+        help_text="Scope when 'all models' is off: the model ids this key may call.",
+    )
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute; empty: none.")
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens per minute; empty: none.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    disabled_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    replaced_by = models.OneToOneField(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="replaces",
+        help_text="Set when the key was rotated.",
+    )
+
+    class Meta:
+        verbose_name = "API key"
+        indexes = [models.Index(fields=["account", "status"], name="apikey_account_status")]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.name})"
+
+
+# --- catalog -------------------------------------------------------------------------------------
+
+
+class CatalogModel(models.Model):
+    class Kind(models.TextChoices):
+        CHAT = "chat", "Chat"
+        IMAGE = "image", "Image"
+
+    name = models.CharField(max_length=100, unique=True, help_text="Model id customers send, e.g. gpt-5.")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CHAT)
+    owned_by = models.CharField(max_length=64, blank=True, help_text="Vendor shown in /v1/models.")
+    display_name = models.CharField(max_length=120, blank=True)
+    context_window = models.PositiveIntegerField(help_text="Maximum input + output tokens.")
+    max_output_tokens = models.PositiveIntegerField(
+        help_text="Output limit: larger max_tokens values are clamped to it, never rejected."
+    )
+    enabled = models.BooleanField(default=True, help_text="Operator switch; off hides the model everywhere.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "model"
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Route(models.Model):
+    class Provider(models.TextChoices):
+        OPENAI = "openai", "OpenAI-compatible"
+        ANTHROPIC = "anthropic", "Anthropic"
+        GEMINI = "gemini", "Gemini"
+
+    model = models.ForeignKey(CatalogModel, on_delete=models.CASCADE, related_name="routes")
+    name = models.CharField(max_length=64, help_text="Label unique within the model, e.g. 'openai-primary'.")
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    base_url = models.URLField(max_length=300, help_text="e.g. https://api.openai.com/v1, https://api.anthropic.com")
+    upstream_model = models.CharField(max_length=120, help_text="Model name sent to the upstream.")
+    secret_encrypted = models.TextField(
+        blank=True, editable=False, help_text="Upstream API key, Fernet-encrypted at rest."
+    )
+    secret_env = models.CharField(
+        max_length=100, blank=True, help_text="Or: name of the environment variable holding the upstream key."
+    )
+    priority = models.PositiveIntegerField(default=100, help_text="Lower is tried first.")
+    active = models.BooleanField(default=True)
+    timeout_seconds = models.PositiveIntegerField(default=600, help_text="Upstream read timeout.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model__name", "priority", "id"]
+        constraints = [models.UniqueConstraint(fields=["model", "name"], name="route_model_name_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.model.name} → {self.provider}:{self.upstream_model} ({self.name})"
+
+
+class PriceVersion(models.Model):
+    """A model's prices from `effective_from` on. Never edited: a change is a new version."""
+
+    model = models.ForeignKey(CatalogModel, on_delete=models.PROTECT, related_name="price_versions")
+    input_per_mtok = PriceField("USD per 1M uncached input tokens.")
+    output_per_mtok = PriceField("USD per 1M output tokens (reasoning included).")
+    cached_input_per_mtok = PriceField("USD per 1M cached input tokens (cache reads).")
+    cache_write_per_mtok = PriceField("USD per 1M cache-write input tokens.")
+    per_image = PriceField("USD per generated image.")
+    per_request = PriceField("USD per request.")
+    effective_from = models.DateTimeField(help_text="Requests that start at or after this time use it.")
+    note = models.CharField(max_length=200, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    PRICE_FIELDS = (
+        "input_per_mtok",
+        "output_per_mtok",
+        "cached_input_per_mtok",
+        "cache_write_per_mtok",
+        "per_image",
+        "per_request",
+    )
+
+    class Meta:
+        ordering = ["model__name", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "effective_from"], name="price_model_effective_unique"),
+            models.CheckConstraint(
+                condition=Q(input_per_mtok__gte=0)
+                & Q(output_per_mtok__gte=0)
+                & Q(cached_input_per_mtok__gte=0)
+                & Q(cache_write_per_mtok__gte=0)
+                & Q(per_image__gte=0)
+                & Q(per_request__gte=0),
+                name="price_nonnegative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model.name} prices from {self.effective_from:%Y-%m-%d %H:%M}"
+
+    def prices(self) -> money.Prices:
+        return money.Prices(**{f: getattr(self, f) for f in self.PRICE_FIELDS})
+
+
+class PriceSnapshot(models.Model):
+    """Immutable, de-duplicated prices a request was billed with. Usage rows reference it."""
+
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    model_name = models.CharField(max_length=100)
+    currency = models.CharField(max_length=3, default="USD")
+    price_version = models.ForeignKey(PriceVersion, on_delete=models.PROTECT, related_name="snapshots")
+    input_per_mtok = PriceField("USD per 1M uncached input tokens.")
+    output_per_mtok = PriceField("USD per 1M output tokens.")
+    cached_input_per_mtok = PriceField("USD per 1M cached input tokens.")
+    cache_write_per_mtok = PriceField("USD per 1M cache-write tokens.")
+    per_image = PriceField("USD per image.")
+    per_request = PriceField("USD per request.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.model_name} snapshot {self.digest[:10]}"
+
+    def prices(self) -> money.Prices:
+        return money.Prices(**{f: getattr(self, f) for f in PriceVersion.PRICE_FIELDS})
+
+    def as_dict(self) -> dict[str, str]:
+        """The no-secret JSON form shown in usage rows, exports and tickets."""
+        data = {"id": self.pk, "model": self.model_name, "currency": self.currency}
+        data |= {f: str(getattr(self, f)) for f in PriceVersion.PRICE_FIELDS}
+        return data
+
+
+class Probe(models.Model):
+    """Outcome of one health check of a route; the latest one decides visibility."""
+
+    route = models.ForeignKey(Route, on_delete=models.CASCADE, related_name="probes")
+    ok = models.BooleanField()
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True, help_text="No secrets: upstream error summary.")
+    checked_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-checked_at"]
+        indexes = [models.Index(fields=["route", "-checked_at"], name="probe_route_latest")]
+
+    def __str__(self) -> str:
+        return f"{'OK' if self.ok else 'FAIL'} {self.route_id} at {self.checked_at:%Y-%m-%d %H:%M:%S}"

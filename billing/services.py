@@ -1,0 +1,317 @@
+"""Every write to accounts, the ledger, keys and the catalog goes through these functions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from billing import crypto, keys, ledger, money
+from billing.models import (
+    Account,
+    ApiKey,
+    CatalogModel,
+    LedgerEntry,
+    Membership,
+    PriceSnapshot,
+    PriceVersion,
+    Probe,
+    Route,
+)
+from openbili.core.errors import IdempotencyConflict, InsufficientBalance, InvalidRequest
+
+# --- accounts and ledger -----------------------------------------------------------------------
+
+
+@transaction.atomic
+def account_create(
+    *,
+    name: str,
+    owner=None,
+    credit: Decimal | int | str = 0,
+    credit_limit: Decimal | int | str = 0,
+    actor=None,
+) -> Account:
+    """Create an account, its owner membership and (if any) the opening top-up entry."""
+    account = Account.objects.create(name=name, credit_limit=money.usd(credit_limit))
+    if owner is not None:
+        Membership.objects.create(account=account, user=owner, role=Membership.Role.OWNER)
+    credit = money.usd(credit)
+    if credit:
+        ledger_post(
+            account_id=account.pk,
+            kind=LedgerEntry.Kind.TOPUP,
+            amount=credit,
+            idempotency_key=f"opening:{account.pk}",
+            reason="opening credit",
+            actor=actor,
+        )
+        account.refresh_from_db()
+    return account
+
+
+_SIGN_RULES = {
+    LedgerEntry.Kind.TOPUP: lambda a: a > 0,
+    LedgerEntry.Kind.REFUND: lambda a: a > 0,
+    LedgerEntry.Kind.ADJUSTMENT: lambda a: a != 0,
+}
+
+
+@transaction.atomic
+def ledger_post(
+    *,
+    account_id: int,
+    kind: str,
+    amount: Decimal | int | str,
+    idempotency_key: str,
+    reason: str = "",
+    actor=None,
+    request_id: str = "",
+) -> LedgerEntry:
+    """Move an account's balance by one append-only entry (top-up, adjustment or refund).
+
+    Idempotent: posting an idempotency key again returns the first entry. Usage charges are not
+    posted here; they come only from settling a hold (billing/ledger.py).
+    """
+    amount = money.usd(amount)
+    if kind not in _SIGN_RULES:
+        raise InvalidRequest(f"ledger entries of kind {kind!r} cannot be posted directly", param="kind")
+    if not _SIGN_RULES[kind](amount):
+        raise InvalidRequest(f"a {kind} must be {'non-zero' if kind == 'adjustment' else 'positive'}", param="amount")
+    if not idempotency_key:
+        raise InvalidRequest("an idempotency key is required", param="idempotency_key")
+    # The row lock serialises every balance change of this account, so the replay check below
+    # sees any entry committed by a concurrent post of the same key.
+    account = Account.objects.select_for_update().get(pk=account_id)
+    existing = LedgerEntry.objects.filter(idempotency_key=idempotency_key).first()
+    if existing is not None:
+        if existing.account_id != account_id or existing.amount != amount or existing.kind != kind:
+            raise IdempotencyConflict()
+        return existing
+    account.balance += amount
+    account.save(update_fields=["balance"])
+    return LedgerEntry.objects.create(
+        account=account,
+        kind=kind,
+        amount=amount,
+        balance_after=account.balance,
+        idempotency_key=idempotency_key,
+        reason=reason,
+        created_by=actor,
+        request_id=request_id,
+    )
+
+
+def hold_reserve(
+    *,
+    account_id: int,
+    request_id: str,
+    amount: Decimal,
+    api_key_id: int | None = None,
+    ttl_seconds: int | None = None,
+) -> int:
+    """Reserve `amount` for one request; returns the hold id or raises InsufficientBalance."""
+    amount = money.usd(amount)
+    if amount < 0:
+        raise InvalidRequest("a hold cannot be negative", param="amount")
+    params = ledger.reserve_params(
+        account_id=account_id,
+        api_key_id=api_key_id,
+        request_id=request_id,
+        amount=amount,
+        ttl_seconds=ttl_seconds or settings.OPENBILI_HOLD_TTL_SECONDS,
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(ledger.RESERVE, params)
+        row = cursor.fetchone()
+    if row is None:
+        raise InsufficientBalance()
+    return row[0]
+
+
+def hold_settle(*, hold_id: int, cost: Decimal) -> ledger.SettleResult:
+    """Charge the actual cost (at most the held amount) and free the rest. Resolved at most once."""
+    cost = money.usd(cost)
+    if cost < 0:
+        raise InvalidRequest("a cost cannot be negative", param="cost")
+    with connection.cursor() as cursor:
+        cursor.execute(ledger.SETTLE, {"hold_id": hold_id, "cost": cost})
+        return ledger.settle_result(cursor.fetchone())
+
+
+def hold_release(*, hold_id: int) -> ledger.SettleResult:
+    return hold_settle(hold_id=hold_id, cost=Decimal(0))
+
+
+def holds_sweep(*, limit: int = 500) -> int:
+    """Release expired open holds (their request died). Returns how many this call released."""
+    with connection.cursor() as cursor:
+        cursor.execute(ledger.EXPIRED_HOLDS, {"limit": limit})
+        hold_ids = [row[0] for row in cursor.fetchall()]
+    return sum(hold_release(hold_id=hold_id).resolved for hold_id in hold_ids)
+
+
+# --- API keys ------------------------------------------------------------------------------------
+
+
+def key_create(
+    *,
+    account: Account,
+    name: str,
+    models: list[str] | None = None,
+    rpm_limit: int | None = None,
+    tpm_limit: int | None = None,
+    expires_at: datetime | None = None,
+    actor=None,
+) -> tuple[ApiKey, str]:
+    """Create a key; returns it with the full secret, which is never stored or shown again."""
+    secret = keys.key_generate()
+    key = ApiKey.objects.create(
+        account=account,
+        name=name,
+        prefix=keys.key_prefix(secret),
+        key_hash=keys.key_hash(secret),
+        all_models=not models,
+        allowed_models=sorted(set(models or [])),
+        rpm_limit=rpm_limit,
+        tpm_limit=tpm_limit,
+        expires_at=expires_at,
+        created_by=actor,
+    )
+    return key, secret
+
+
+def key_disable(*, key: ApiKey) -> ApiKey:
+    if key.status != ApiKey.Status.DISABLED:
+        key.status = ApiKey.Status.DISABLED
+        key.disabled_at = timezone.now()
+        key.save(update_fields=["status", "disabled_at"])
+    return key
+
+
+@transaction.atomic
+def key_rotate(*, key: ApiKey, actor=None) -> tuple[ApiKey, str]:
+    """Replace a key by a new one with the same settings; the old one is disabled at once."""
+    key = ApiKey.objects.select_for_update().get(pk=key.pk)
+    if key.replaced_by_id is not None:
+        raise InvalidRequest("this key was already rotated", param="key")
+    new_key, secret = key_create(
+        account=key.account,
+        name=key.name,
+        models=None if key.all_models else key.allowed_models,
+        rpm_limit=key.rpm_limit,
+        tpm_limit=key.tpm_limit,
+        expires_at=key.expires_at,
+        actor=actor,
+    )
+    key_disable(key=key)
+    key.replaced_by = new_key
+    key.save(update_fields=["replaced_by"])
+    return new_key, secret
+
+
+# --- catalog -------------------------------------------------------------------------------------
+
+
+def route_secret_set(*, route: Route, secret: str) -> Route:
+    """Store an upstream secret encrypted; an empty string clears it."""
+    route.secret_encrypted = crypto.encrypt(secret) if secret else ""
+    route.save(update_fields=["secret_encrypted", "updated_at"])
+    return route
+
+
+def route_secret(route: Route) -> str:
+    """The upstream secret: from the named env var if set, else the encrypted column. Never log it."""
+    if route.secret_env:
+        return os.environ.get(route.secret_env, "")
+    if route.secret_encrypted:
+        return crypto.decrypt(route.secret_encrypted)
+    return ""
+
+
+def _prices_of(values: dict) -> dict[str, Decimal]:
+    unknown = set(values) - set(PriceVersion.PRICE_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown price fields: {', '.join(sorted(unknown))}", param="prices")
+    prices = {field: money.usd(values.get(field, 0)) for field in PriceVersion.PRICE_FIELDS}
+    if any(value < 0 for value in prices.values()):
+        raise InvalidRequest("prices cannot be negative", param="prices")
+    return prices
+
+
+@transaction.atomic
+def price_version_publish(
+    *,
+    model: CatalogModel,
+    prices: dict,
+    effective_from: datetime | None = None,
+    note: str = "",
+    actor=None,
+) -> tuple[PriceVersion, bool]:
+    """Publish new prices for a model. Identical to the newest version: nothing changes.
+
+    Returns (version, created). Versions are never edited; requests already in flight keep the
+    snapshot they froze at their start.
+    """
+    new_prices = _prices_of(prices)
+    # Lock the model row so two publishers cannot both decide "changed" and race.
+    CatalogModel.objects.select_for_update().filter(pk=model.pk).first()
+    latest = PriceVersion.objects.filter(model=model).order_by("-effective_from").first()
+    if latest is not None and {f: getattr(latest, f) for f in PriceVersion.PRICE_FIELDS} == new_prices:
+        return latest, False
+    version = PriceVersion.objects.create(
+        model=model,
+        effective_from=effective_from or timezone.now(),
+        note=note,
+        created_by=actor,
+        **new_prices,
+    )
+    price_snapshot_for(version)
+    return version, True
+
+
+def _snapshot_digest(model_name: str, prices: dict[str, Decimal]) -> str:
+    canonical = {"model": model_name, "currency": "USD"} | {
+        field: format(value.normalize(), "f") for field, value in prices.items()
+    }
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+def price_snapshot_for(version: PriceVersion) -> PriceSnapshot:
+    """The immutable snapshot of a version's prices, shared by every version with equal prices."""
+    prices = {field: getattr(version, field) for field in PriceVersion.PRICE_FIELDS}
+    digest = _snapshot_digest(version.model.name, prices)
+    existing = PriceSnapshot.objects.filter(digest=digest).first()
+    if existing is not None:
+        return existing
+    try:
+        with transaction.atomic():
+            return PriceSnapshot.objects.create(
+                digest=digest, model_name=version.model.name, price_version=version, **prices
+            )
+    except IntegrityError:  # a concurrent publisher created it first
+        return PriceSnapshot.objects.get(digest=digest)
+
+
+def probe_record(
+    *,
+    route: Route,
+    ok: bool,
+    status_code: int | None = None,
+    latency_ms: int | None = None,
+    error: str = "",
+) -> Probe:
+    return Probe.objects.create(
+        route=route,
+        ok=ok,
+        status_code=status_code,
+        latency_ms=latency_ms,
+        error=error[:500],
+        checked_at=timezone.now(),
+    )

@@ -1,0 +1,1 @@
+# Diagnostic tickets (CONTRACT §5) arrive with their own issue.

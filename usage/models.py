@@ -1,0 +1,95 @@
+"""One usage row per client request that presented a known key (CONTRACT §3)."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+from billing.models import MoneyField
+
+
+class UsageRecord(models.Model):
+    class BillingResult(models.TextChoices):
+        PENDING = "pending", "Pending (request in flight)"
+        BILLED = "billed", "Billed"
+        FAILED_BUT_BILLABLE = "failed_but_billable", "Failed but billable"
+        NOT_BILLED = "not_billed", "Not billed"
+
+    class ErrorClass(models.TextChoices):
+        INVALID_REQUEST = "invalid_request"
+        AUTH_OR_KEY_SCOPE = "auth_or_key_scope"
+        QUOTA_OR_RATE_LIMIT = "quota_or_rate_limit"
+        MODEL_UNAVAILABLE = "model_unavailable"
+        UPSTREAM_OR_PLATFORM_ERROR = "upstream_or_platform_error"
+        STREAM_INTERRUPTED = "stream_interrupted"
+
+    request_id = models.CharField(max_length=64, unique=True)
+    trace_id = models.CharField(max_length=64, db_index=True)
+    account = models.ForeignKey(
+        "billing.Account", null=True, blank=True, on_delete=models.PROTECT, related_name="usage_records"
+    )
+    api_key = models.ForeignKey(
+        "billing.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="usage_records"
+    )
+    key_prefix = models.CharField(max_length=16, blank=True)
+    endpoint = models.CharField(max_length=64, help_text="e.g. /v1/chat/completions")
+    model_requested = models.CharField(max_length=100, blank=True)
+    route = models.ForeignKey(
+        "billing.Route", null=True, blank=True, on_delete=models.SET_NULL, related_name="usage_records"
+    )
+    provider = models.CharField(max_length=16, blank=True)
+    upstream_model = models.CharField(max_length=120, blank=True)
+    stream = models.BooleanField(default=False)
+    status = models.PositiveSmallIntegerField(null=True, blank=True, help_text="HTTP status sent to the client.")
+    error_class = models.CharField(max_length=32, choices=ErrorClass.choices, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.CharField(max_length=500, blank=True, help_text="No prompt content, no secrets.")
+
+    input_tokens = models.PositiveIntegerField(default=0, help_text="Uncached input tokens.")
+    output_tokens = models.PositiveIntegerField(default=0, help_text="Output tokens, reasoning included.")
+    cached_input_tokens = models.PositiveIntegerField(default=0)
+    cache_write_tokens = models.PositiveIntegerField(default=0)
+    reasoning_tokens = models.PositiveIntegerField(default=0)
+    image_count = models.PositiveIntegerField(default=0)
+    tokens_estimated = models.BooleanField(
+        default=False, help_text="Upstream reported no usage; tokens estimated from what was streamed."
+    )
+    max_tokens_requested = models.PositiveIntegerField(null=True, blank=True)
+    max_tokens_applied = models.PositiveIntegerField(null=True, blank=True)
+
+    cost_usd = MoneyField(default=0)
+    billing_result = models.CharField(max_length=24, choices=BillingResult.choices, default=BillingResult.PENDING)
+    price_snapshot = models.ForeignKey(
+        "billing.PriceSnapshot", null=True, blank=True, on_delete=models.PROTECT, related_name="usage_records"
+    )
+    hold = models.OneToOneField(
+        "billing.Hold", null=True, blank=True, on_delete=models.PROTECT, related_name="usage_record"
+    )
+    output_reached_client = models.BooleanField(
+        default=False, help_text="Whether output bytes reached the client before any failure."
+    )
+    client_disconnected_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField()
+    first_byte_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.JSONField(
+        default=list, blank=True, help_text="Upstream attempts under this trace: route, status, error, timing."
+    )
+    user_agent = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["account", "-started_at"], name="usage_account_time"),
+            models.Index(fields=["api_key", "-started_at"], name="usage_key_time"),
+            models.Index(fields=["account", "model_requested", "-started_at"], name="usage_account_model_time"),
+            models.Index(fields=["started_at"], condition=Q(billing_result="pending"), name="usage_pending"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(cost_usd__gte=0), name="usage_cost_gte_0"),
+            models.CheckConstraint(
+                condition=~Q(billing_result="not_billed") | Q(cost_usd=0), name="usage_not_billed_is_free"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.model_requested} {self.status} {self.billing_result}"
