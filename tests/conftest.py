@@ -1,0 +1,19 @@
+"""Shared fixtures. Tests run against real PostgreSQL (DATABASE_URL) and Redis (REDIS_URL)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from tests.factories import AccountFactory, CatalogModelFactory, make_visible_model
+
+
+@pytest.fixture
+def account(db):
+    return AccountFactory(credit=Decimal("100"))
+
+
+@pytest.fixture
+def visible_model(db):
+    return make_visible_model(CatalogModelFactory(name="gpt-test"))
