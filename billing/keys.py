@@ -14,7 +14,7 @@ import secrets
 
 KEY_START = "sk-ob-"
 PREFIX_LENGTH = 12
-_KEY_RE = re.compile(r"^sk-ob-[A-Za-z0-9_-]{43}$")
+_KEY_RE = re.compile(r"sk-ob-[A-Za-z0-9_-]{43}")
 
 
 def key_generate() -> str:
@@ -30,4 +30,5 @@ def key_prefix(secret: str) -> str:
 
 
 def key_well_formed(secret: str) -> bool:
-    return bool(_KEY_RE.match(secret))
+    # fullmatch: `$` alone would also accept a trailing newline.
+    return isinstance(secret, str) and _KEY_RE.fullmatch(secret) is not None

@@ -20,25 +20,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-RESERVE = """
-WITH acc AS (
+# CTE fragments, composed into whole statements here and (with the usage row) by the gateway.
+RESERVE_CTE = """
+acc AS (
     UPDATE billing_account
        SET reserved = reserved + %(amount)s
      WHERE id = %(account_id)s
        AND status = 'active'
        AND balance + credit_limit - reserved >= %(amount)s
  RETURNING id
-)
-INSERT INTO billing_hold (account_id, api_key_id, request_id, amount, state, created_at, expires_at)
-SELECT acc.id, %(api_key_id)s, %(request_id)s, %(amount)s, 'open', now(),
-       now() + make_interval(secs => %(ttl_seconds)s)
-  FROM acc
-RETURNING id
-"""
+), hold AS (
+    INSERT INTO billing_hold (account_id, api_key_id, request_id, amount, state, created_at, expires_at)
+    SELECT acc.id, %(api_key_id)s, %(request_id)s, %(amount)s, 'open', now(),
+           now() + make_interval(secs => %(ttl_seconds)s)
+      FROM acc
+ RETURNING id
+)"""
+
+RESERVE = f"WITH {RESERVE_CTE} SELECT id FROM hold"
 
 # `cost` is capped at the held amount (CONTRACT §3: a hold is settled for at most its amount).
-SETTLE = """
-WITH h AS (
+SETTLE_CTE = """
+h AS (
     UPDATE billing_hold
        SET state = CASE WHEN LEAST(%(cost)s::numeric, amount) > 0 THEN 'settled' ELSE 'released' END,
            settled_amount = LEAST(%(cost)s::numeric, amount),
@@ -60,9 +63,9 @@ WITH h AS (
       FROM h JOIN acc ON acc.id = h.account_id
      WHERE h.settled_amount > 0
  RETURNING id
-)
-SELECT h.settled_amount, (SELECT id FROM entry) FROM h
-"""
+)"""
+
+SETTLE = f"WITH {SETTLE_CTE} SELECT h.settled_amount, (SELECT id FROM entry) FROM h"
 
 # Holds whose request died (process killed) are released after their expiry.
 EXPIRED_HOLDS = """

@@ -10,7 +10,7 @@ Rules (also in the README):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 MONEY_DIGITS = 24
 MONEY_PLACES = 12
@@ -36,9 +36,18 @@ def usd(value: Decimal | int | str) -> Decimal:
         raise MoneyError(f"not a decimal amount: {value!r}") from exc
     if not amount.is_finite():
         raise MoneyError(f"not a finite amount: {value!r}")
-    if amount.as_tuple().exponent < -MONEY_PLACES:  # type: ignore[operator]
+    if _decimal_places(amount) > MONEY_PLACES:
         raise MoneyError(f"more than {MONEY_PLACES} decimal places: {value!r}")
     return amount
+
+
+def _decimal_places(amount: Decimal) -> int:
+    """Places needed to write a finite amount exactly: 1.5000000000000 needs 1, not 13."""
+    _, digits, exponent = amount.as_tuple()
+    significant = "".join(map(str, digits)).rstrip("0")
+    if not significant:
+        return 0
+    return max(0, -(int(exponent) + len(digits) - len(significant)))
 
 
 def quantize_cost(amount: Decimal) -> Decimal:
@@ -113,8 +122,23 @@ def max_cost(prices: Prices, *, max_input_tokens: int, max_output_tokens: int, i
     """
     dearest_input = max(prices.input_per_mtok, prices.cached_input_per_mtok, prices.cache_write_per_mtok)
     return (
-        token_cost(max_input_tokens, dearest_input)
+        _input_cost_bound(max_input_tokens, dearest_input)
         + token_cost(max_output_tokens, prices.output_per_mtok)
         + quantize_cost(prices.per_image * images)
         + quantize_cost(prices.per_request)
     )
+
+
+def _input_cost_bound(tokens: int, usd_per_million: Decimal) -> Decimal:
+    """The most the three input components of `usage_cost` can add up to for `tokens` input tokens.
+
+    Pricing all tokens at the dearest rate is not enough on its own: `usage_cost` rounds each
+    component half-even, so when a per-token rate has more than 12 decimal places the three rounded
+    parts can exceed the rounded whole (3 + 3 tokens at $0.0000005/M cost 2e-12 + 2e-12, while 6
+    tokens round to 3e-12). Each part is at most half a unit (1e-12) above its exact value, so their
+    sum is at most the exact total rounded up plus one unit.
+    """
+    per_token = usd_per_million / MILLION
+    if not tokens or per_token == quantize_cost(per_token):
+        return token_cost(tokens, usd_per_million)  # every split is exact: no rounding to cover
+    return (Decimal(tokens) * per_token).quantize(COST_PLACES, ROUND_CEILING) + COST_PLACES

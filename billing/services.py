@@ -171,14 +171,37 @@ def key_create(
     actor=None,
 ) -> tuple[ApiKey, str]:
     """Create a key; returns it with the full secret, which is never stored or shown again."""
+    return _key_insert(
+        account=account,
+        name=name,
+        all_models=not models,
+        allowed_models=sorted(set(models or [])),
+        rpm_limit=rpm_limit,
+        tpm_limit=tpm_limit,
+        expires_at=expires_at,
+        actor=actor,
+    )
+
+
+def _key_insert(
+    *,
+    account: Account,
+    name: str,
+    all_models: bool,
+    allowed_models: list[str],
+    rpm_limit: int | None,
+    tpm_limit: int | None,
+    expires_at: datetime | None,
+    actor=None,
+) -> tuple[ApiKey, str]:
     secret = keys.key_generate()
     key = ApiKey.objects.create(
         account=account,
         name=name,
         prefix=keys.key_prefix(secret),
         key_hash=keys.key_hash(secret),
-        all_models=not models,
-        allowed_models=sorted(set(models or [])),
+        all_models=all_models,
+        allowed_models=allowed_models,
         rpm_limit=rpm_limit,
         tpm_limit=tpm_limit,
         expires_at=expires_at,
@@ -201,10 +224,13 @@ def key_rotate(*, key: ApiKey, actor=None) -> tuple[ApiKey, str]:
     key = ApiKey.objects.select_for_update().get(pk=key.pk)
     if key.replaced_by_id is not None:
         raise InvalidRequest("this key was already rotated", param="key")
-    new_key, secret = key_create(
+    # The scope is copied as is: going through key_create's `models` would turn a key restricted
+    # to no model (all_models off, empty list) into an all-models key.
+    new_key, secret = _key_insert(
         account=key.account,
         name=key.name,
-        models=None if key.all_models else key.allowed_models,
+        all_models=key.all_models,
+        allowed_models=list(key.allowed_models),
         rpm_limit=key.rpm_limit,
         tpm_limit=key.tpm_limit,
         expires_at=key.expires_at,

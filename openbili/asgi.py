@@ -1,4 +1,8 @@
-"""ASGI entry point: `uvicorn openbili.asgi:application`."""
+"""ASGI entry point: `uvicorn openbili.asgi:application`.
+
+`/v1/*` goes to the lean gateway app (usage/gateway/app.py); everything else (admin, dashboard
+API) to Django. Lifespan events open and close the gateway's database pool and HTTP client.
+"""
 
 import os
 
@@ -6,4 +10,32 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "openbili.settings")
 
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+from usage.gateway.app import gateway  # noqa: E402 - needs Django set up first
+
+
+async def application(scope, receive, send):
+    kind = scope["type"]
+    if kind == "http" and (scope["path"] == "/v1" or scope["path"].startswith("/v1/")):
+        await gateway(scope, receive, send)
+    elif kind == "lifespan":
+        await lifespan(receive, send)
+    else:
+        await django_application(scope, receive, send)
+
+
+async def lifespan(receive, send):
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                await gateway.state.start()
+            except Exception as exc:
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await gateway.state.stop()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -68,8 +68,22 @@ DEFAULT_PRICES = {
 def make_visible_model(model: CatalogModel, *, prices: dict | None = None, base_url: str | None = None):
     """Give a model what CONTRACT §4 requires to be visible: an active route, an OK probe, a price."""
     route = RouteFactory(model=model, base_url=base_url or "http://127.0.0.1:9/v1")
+    services.route_secret_set(route=route, secret="upstream-test-secret")
     services.probe_record(route=route, ok=True, status_code=200, latency_ms=1)
     services.price_version_publish(
         model=model, prices=prices or DEFAULT_PRICES, effective_from=timezone.now() - timedelta(seconds=1)
     )
     return model
+
+
+class ProbeFactory(factory.django.DjangoModelFactory):
+    """A probe with an explicit `checked_at`, so tests can order probes of a route deterministically."""
+
+    class Meta:
+        model = "billing.Probe"
+
+    route = factory.SubFactory(RouteFactory)
+    ok = True
+    status_code = factory.LazyAttribute(lambda o: 200 if o.ok else 503)
+    latency_ms = 1
+    checked_at = factory.LazyFunction(timezone.now)

