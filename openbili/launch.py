@@ -148,8 +148,16 @@ def main() -> int:
         wait_for_port(host if host != "0.0.0.0" else "127.0.0.1", port)  # noqa: S104
         if demo:
             print(banner(host, port, demo), flush=True)
+        # No Celery worker here: run the periodic jobs (sweeper, probes) from this loop instead.
+        schedule = {"sweep": 60.0, "probe": float(env.get("OPENBILI_PROBE_INTERVAL_SECONDS", "300"))}
+        due = {job: time.monotonic() + every for job, every in schedule.items()}
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
+            for job, every in schedule.items():
+                if time.monotonic() >= due[job]:
+                    due[job] = time.monotonic() + every
+                    subprocess.run([PYTHON, str(BASE_DIR / "manage.py"), job], env=env,  # noqa: S603
+                                   stdout=subprocess.DEVNULL, check=False)
         say("a child process exited; stopping")
         return 1
     except KeyboardInterrupt:

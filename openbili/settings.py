@@ -156,3 +156,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
+
+CELERY_BEAT_SCHEDULE = {
+    "requests-sweep": {"task": "usage.tasks.requests_sweep", "schedule": 60.0},
+    "routes-probe": {
+        "task": "usage.tasks.routes_probe",
+        "schedule": float(os.environ.get("OPENBILI_PROBE_INTERVAL_SECONDS", "300")),
+    },
+}

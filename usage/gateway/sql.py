@@ -56,3 +56,17 @@ WITH {SETTLE_CTE}, usage AS (
 )
 SELECT (SELECT cost_usd FROM usage), (SELECT id FROM entry)
 """
+
+# The sweeper: release a hold whose request died (process killed) and finish its usage row.
+SWEEP_HOLD = f"""
+WITH {SETTLE_CTE}, usage AS (
+    UPDATE usage_usagerecord
+       SET billing_result = 'not_billed', cost_usd = 0, status = COALESCE(status, 500),
+           error_class = 'upstream_or_platform_error', error_code = 'interrupted',
+           error_message = 'The request was interrupted (gateway process stopped); its hold was released.',
+           finished_at = now()
+     WHERE hold_id = %(hold_id)s AND billing_result = 'pending'
+ RETURNING id
+)
+SELECT (SELECT id FROM h), (SELECT id FROM usage)
+"""

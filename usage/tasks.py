@@ -1,0 +1,19 @@
+"""Periodic jobs (Celery beat schedule in settings.CELERY_BEAT_SCHEDULE)."""
+
+from celery import shared_task
+from django.db import OperationalError
+
+from usage import services
+
+
+@shared_task(bind=True, acks_late=True, max_retries=3)
+def requests_sweep(self) -> int:
+    try:
+        return services.requests_sweep()
+    except OperationalError as exc:  # transient database trouble: try again soon
+        raise self.retry(exc=exc, countdown=10) from exc
+
+
+@shared_task(acks_late=True)
+def routes_probe() -> int:
+    return sum(ok for _, ok in services.routes_probe())
