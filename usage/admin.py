@@ -1,0 +1,124 @@
+"""Usage rows in the admin: read-only, searchable by request_id, trace_id, key prefix, account, model."""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib import admin
+from django.db.models import Q
+from django.utils.html import format_html
+
+from billing.admin import IdSearchMixin, ViewOnlyAdmin, usd
+from billing.keys import KEY_START, PREFIX_LENGTH
+from usage.models import UsageRecord
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(IdSearchMixin, ViewOnlyAdmin):
+    list_display = [
+        "started_at",
+        "request_id",
+        "account",
+        "key_prefix",
+        "endpoint",
+        "model_requested",
+        "stream",
+        "status",
+        "error_code",
+        "billing_result",
+        "cost",
+        "total_tokens",
+    ]
+    list_filter = ["billing_result", "error_class", "stream", "provider", "tokens_estimated", "output_reached_client"]
+    list_select_related = ["account"]
+    search_fields = [
+        "request_id__exact",
+        "trace_id__exact",
+        "key_prefix__startswith",
+        "model_requested",
+        "account__name",
+    ]
+    search_help_text = (
+        "request_id (req_…), trace_id (trace_… or a W3C trace id), key prefix (sk-ob-…), model or account name."
+    )
+    exact_search_prefixes = (("req_", "request_id"), ("trace_", "trace_id"))
+    date_hierarchy = "started_at"
+    ordering = ["-started_at", "-id"]
+    show_full_result_count = False  # COUNT(*) over every usage row on each page load is not worth it
+    readonly_fields = ["cost", "attempts_pretty"]
+    fieldsets = [
+        (
+            "Request",
+            {
+                "fields": [
+                    "request_id",
+                    "trace_id",
+                    "account",
+                    "api_key",
+                    "key_prefix",
+                    "endpoint",
+                    "model_requested",
+                    "stream",
+                    "user_agent",
+                ]
+            },
+        ),
+        (
+            "Outcome",
+            {
+                "fields": [
+                    "status",
+                    "error_class",
+                    "error_code",
+                    "error_message",
+                    "output_reached_client",
+                    "client_disconnected_at",
+                ]
+            },
+        ),
+        ("Billing", {"fields": ["billing_result", "cost", "price_snapshot", "hold"]}),
+        (
+            "Tokens",
+            {
+                "fields": [
+                    "input_tokens",
+                    "output_tokens",
+                    "cached_input_tokens",
+                    "cache_write_tokens",
+                    "reasoning_tokens",
+                    "image_count",
+                    "tokens_estimated",
+                    "max_tokens_requested",
+                    "max_tokens_applied",
+                ]
+            },
+        ),
+        ("Upstream", {"fields": ["route", "provider", "upstream_model", "attempts_pretty"]}),
+        ("Timing", {"fields": ["started_at", "first_byte_at", "finished_at"]}),
+    ]
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if term.startswith(KEY_START[:3]) and " " not in term:
+            # A key prefix, or a pasted whole key: match on the non-secret prefix only.
+            if len(term) >= PREFIX_LENGTH:
+                return queryset.filter(key_prefix=term[:PREFIX_LENGTH]), False
+            return queryset.filter(key_prefix__startswith=term), False
+        if term and " " not in term and len(term) == 32 and all(c in "0123456789abcdef" for c in term):
+            # A W3C trace id (from a client's traceparent) or a request id without its prefix.
+            return queryset.filter(Q(trace_id=term) | Q(request_id=term)), False
+        return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description="cost (USD)", ordering="cost_usd")
+    def cost(self, obj):
+        return usd(obj.cost_usd)
+
+    @admin.display(description="tokens")
+    def total_tokens(self, obj):
+        return obj.input_tokens + obj.cached_input_tokens + obj.cache_write_tokens + obj.output_tokens
+
+    @admin.display(description="attempts")
+    def attempts_pretty(self, obj):
+        if not obj.attempts:
+            return "-"
+        return format_html("<pre>{}</pre>", json.dumps(obj.attempts, indent=2, ensure_ascii=False, default=str))
