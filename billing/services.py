@@ -86,6 +86,8 @@ def ledger_post(
         raise InvalidRequest(f"a {kind} must be {'non-zero' if kind == 'adjustment' else 'positive'}", param="amount")
     if not idempotency_key:
         raise InvalidRequest("an idempotency key is required", param="idempotency_key")
+    if idempotency_key.startswith("usage:"):  # reserved for settled holds (billing/ledger.py)
+        raise InvalidRequest("idempotency keys starting with 'usage:' are reserved", param="idempotency_key")
     # The row lock serialises every balance change of this account, so the replay check below
     # sees any entry committed by a concurrent post of the same key.
     account = Account.objects.select_for_update().get(pk=account_id)
@@ -96,16 +98,20 @@ def ledger_post(
         return existing
     account.balance += amount
     account.save(update_fields=["balance"])
-    return LedgerEntry.objects.create(
-        account=account,
-        kind=kind,
-        amount=amount,
-        balance_after=account.balance,
-        idempotency_key=idempotency_key,
-        reason=reason,
-        created_by=actor,
-        request_id=request_id,
-    )
+    try:
+        with transaction.atomic():
+            return LedgerEntry.objects.create(
+                account=account,
+                kind=kind,
+                amount=amount,
+                balance_after=account.balance,
+                idempotency_key=idempotency_key,
+                reason=reason,
+                created_by=actor,
+                request_id=request_id,
+            )
+    except IntegrityError as exc:  # the same key, committed meanwhile for another account
+        raise IdempotencyConflict() from exc
 
 
 def hold_reserve(

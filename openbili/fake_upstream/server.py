@@ -1374,6 +1374,8 @@ def _route(method: str, path: str) -> tuple[str | None, str | None]:
     elif method == "GET":
         if path.endswith("/models"):
             return "models", None
+        if "/models/" in path:
+            return "model", None  # retrieve one model (OpenAI GET /v1/models/{id})
         if path.startswith("/files/") and path.endswith(".png"):
             return "file", None
     return None, None
@@ -1414,7 +1416,7 @@ def _make_handler(state: UpstreamState):
         if state.record:
             state.add_record(_record(request, body))
 
-        if kind == "models":
+        if kind in ("models", "model"):
             provider, model = _provider_for_models(request), None
             scen = state.take(None, path, generation=False)
         else:
@@ -1427,7 +1429,7 @@ def _make_handler(state: UpstreamState):
         denied = _check_auth(state, request, provider, scen)
         if denied is not None:
             return denied
-        if kind != "models" and not isinstance(body, dict):
+        if kind not in ("models", "model") and not isinstance(body, dict):
             return _error_response(provider, 400, None, "We could not parse the JSON body of your request.")
         required = _REQUIRED.get("gemini" if gemini_model is not None else kind, ())
         for key in required:
@@ -1450,6 +1452,9 @@ def _make_handler(state: UpstreamState):
 
         if kind == "models":
             return _models(request, provider)
+        if kind == "model":
+            model_id = path.rsplit("/", 1)[-1]
+            return _json_response({"id": model_id, "object": "model", "created": 1700000000, "owned_by": "fake"})
         call = _Call(state, request, provider, body, model, scen)
         if gemini_model is not None:
             return await _gemini(call, stream=(kind == "gemini_stream"))
