@@ -47,7 +47,7 @@ def start_embedded_postgres() -> str:
 
 
 def manage(*args: str, env: dict[str, str], capture: bool = False) -> str:
-    result = subprocess.run(  # noqa: S603 - our own manage.py with fixed arguments
+    result = subprocess.run(
         [PYTHON, str(BASE_DIR / "manage.py"), *args],
         env=env,
         check=True,
@@ -107,7 +107,7 @@ def main() -> int:
             demo_port = int(env.get("OPENBILI_DEMO_UPSTREAM_PORT", "18181"))
             say(f"starting the offline demo upstream on 127.0.0.1:{demo_port}")
             children.append(
-                subprocess.Popen(  # noqa: S603
+                subprocess.Popen(
                     [PYTHON, "-m", "openbili.fake_upstream", "--host", "127.0.0.1", "--port", str(demo_port)],
                     env=env,
                 )
@@ -126,7 +126,7 @@ def main() -> int:
 
         say(f"serving on http://{host}:{port} with {workers} worker(s)")
         children.append(
-            subprocess.Popen(  # noqa: S603
+            subprocess.Popen(
                 [
                     PYTHON,
                     "-m",
@@ -156,8 +156,12 @@ def main() -> int:
             for job, every in schedule.items():
                 if time.monotonic() >= due[job]:
                     due[job] = time.monotonic() + every
-                    subprocess.run([PYTHON, str(BASE_DIR / "manage.py"), job], env=env,  # noqa: S603
-                                   stdout=subprocess.DEVNULL, check=False)
+                    subprocess.run(
+                        [PYTHON, str(BASE_DIR / "manage.py"), job],
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                        check=False,
+                    )
         say("a child process exited; stopping")
         return 1
     except KeyboardInterrupt:

@@ -1,7 +1,6 @@
 """Settings, read from the environment. Every variable and its default is listed in the README."""
 
 import os
-from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
@@ -147,7 +146,6 @@ SPECTACULAR_SETTINGS = {
 # Billing
 # A hold that was never settled (its request died) is released by the sweeper after this many seconds.
 OPENBILI_HOLD_TTL_SECONDS = int(os.environ.get("OPENBILI_HOLD_TTL_SECONDS", "900"))
-OPENBILI_DEFAULT_CREDIT = Decimal(os.environ.get("OPENBILI_DEFAULT_CREDIT", "0"))
 
 LOGGING = {
     "version": 1,
