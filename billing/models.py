@@ -342,9 +342,9 @@ class PriceSnapshot(models.Model):
     def prices(self) -> money.Prices:
         return money.Prices(**{f: getattr(self, f) for f in PriceVersion.PRICE_FIELDS})
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> dict[str, object]:
         """The no-secret JSON form shown in usage rows, exports and tickets."""
-        data = {"id": self.pk, "model": self.model_name, "currency": self.currency}
+        data: dict[str, object] = {"id": self.pk, "model": self.model_name, "currency": self.currency}
         data |= {f: str(getattr(self, f)) for f in PriceVersion.PRICE_FIELDS}
         return data
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 
@@ -56,7 +57,7 @@ def account_create(
     return account
 
 
-_SIGN_RULES = {
+_SIGN_RULES: dict[str, Callable[[Decimal], bool]] = {
     LedgerEntry.Kind.TOPUP: lambda a: a > 0,
     LedgerEntry.Kind.REFUND: lambda a: a > 0,
     LedgerEntry.Kind.ADJUSTMENT: lambda a: a != 0,
