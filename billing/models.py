@@ -40,7 +40,7 @@ class Account(models.Model):
         max_length=16,
         choices=Status.choices,
         default=Status.ACTIVE,
-        help_text="A suspended account's requests are refused (402) before any upstream call.",
+        help_text="A suspended account's keys are refused (401 invalid_api_key) before any upstream call.",
     )
     balance = MoneyField(
         default=0,

@@ -81,6 +81,7 @@ class UsageRecord(models.Model):
         indexes = [
             models.Index(fields=["account", "-started_at"], name="usage_account_time"),
             models.Index(fields=["api_key", "-started_at"], name="usage_key_time"),
+            models.Index(fields=["key_prefix", "-started_at"], name="usage_key_prefix_time"),
             models.Index(fields=["account", "model_requested", "-started_at"], name="usage_account_model_time"),
             models.Index(fields=["started_at"], condition=Q(billing_result="pending"), name="usage_pending"),
         ]

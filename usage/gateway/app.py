@@ -72,7 +72,7 @@ class Ctx:
         self.headers = {name.decode("latin-1"): value for name, value in scope["headers"]}
         self.request_id = "req_" + uuid.uuid4().hex
         self.trace_id = trace_id_from(self.headers.get("traceparent"))
-        self.endpoint = scope["path"]
+        self.endpoint = db_text(scope["path"], 64)
         self.started_at = now_utc()
         self.key: KeyInfo | None = None
         self.row: dict | None = None
@@ -94,7 +94,7 @@ class Ctx:
             "api_key_id": key.id,
             "key_prefix": key.prefix,
             "endpoint": self.endpoint,
-            "model_requested": model[:100],
+            "model_requested": db_text(model, 100),
             "route_id": None,
             "provider": "",
             "upstream_model": "",
@@ -124,6 +124,11 @@ class Ctx:
             "user_agent": self.headers.get("user-agent", b"").decode("latin-1")[:200],
         }
         return self.row
+
+
+def db_text(value: str, limit: int) -> str:
+    """Client text for a usage row: PostgreSQL text cannot hold NUL, and the row must be written."""
+    return value[:limit].replace("\x00", "\ufffd")
 
 
 def trace_id_from(traceparent: bytes | None) -> str:
@@ -234,7 +239,7 @@ class ClientGone(Exception):
 def parse_json_object(body: bytes) -> dict:
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from exc
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
@@ -259,7 +264,7 @@ async def write_rejection(state: GatewayState, ctx: Ctx, error: OpenbiliError) -
         status=error.status,
         error_class=error.error_class,
         error_code=error.code,
-        error_message=error.message[:500],
+        error_message=db_text(error.message, 500),
         billing_result="not_billed",
         cost_usd=0,
         finished_at=now_utc(),

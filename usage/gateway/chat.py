@@ -31,6 +31,7 @@ from usage.gateway import sql
 from usage.gateway.app import (
     Ctx,
     authenticate,
+    db_text,
     error_headers,
     execute,
     now_utc,
@@ -46,6 +47,7 @@ from usage.gateway.state import GatewayState, ModelInfo, RouteInfo
 log = logging.getLogger("openbili.gateway")
 
 CONNECT_TIMEOUT = 10.0
+MAX_RECORDED_TOKENS = 2**31 - 1  # the usage row's PositiveIntegerField (PostgreSQL integer)
 STREAM_INTERRUPTED = "stream_interrupted"
 
 
@@ -110,7 +112,9 @@ async def handle(state: GatewayState, ctx: Ctx, receive, send) -> None:
     row = ctx.new_row()
     body = parse_json_object(raw)
     model_name, stream, requested, n = validate(body)
-    row.update(model_requested=model_name[:100], stream=stream, max_tokens_requested=requested)
+    # A huge max_tokens is clamped, never rejected; the row's integer column keeps at most 2**31 - 1.
+    recorded = None if requested is None else min(requested, MAX_RECORDED_TOKENS)
+    row.update(model_requested=db_text(model_name, 100), stream=stream, max_tokens_requested=recorded)
     model = resolve_model(await state.catalog(), key, model_name)
     price = model.price_at(ctx.started_at)
     if price is None:
@@ -223,6 +227,18 @@ class Call:
                 )
             else:
                 if response.status < 300:
+                    if not self.stream:
+                        # Read the whole answer inside the attempt: a body cut short has not reached
+                        # the client yet, so it is retried like a timeout (relay_whole reuses the bytes).
+                        try:
+                            await response.read()
+                        except (TimeoutError, aiohttp.ClientError):
+                            response.release()
+                            failure = UpstreamFailure(
+                                UpstreamTimeout("The upstream stopped answering."), retryable=True
+                            )
+                            self.record(route, response.status, failure.error.code, started)
+                            continue
                     self.record(route, response.status, "", started)
                     return response
                 try:
@@ -260,8 +276,7 @@ class Call:
         try:
             data = await response.read()
         except (TimeoutError, aiohttp.ClientError):
-            # The upstream died mid-body: nothing reached the client, so this is still "before the
-            # first byte"; the contract's single retry was spent only if this was the second try.
+            # connect() has already read (and retried) the body; this is only a safety net.
             await self.finish_failed(UpstreamFailure(UpstreamTimeout("The upstream stopped answering.")))
             return
         try:
@@ -271,7 +286,7 @@ class Call:
             return
         usage, estimated = reply.usage, False
         if usage is None:
-            usage, estimated = self.estimate(len(data)), True
+            usage, estimated = self.estimate(len(data) if reply.output_bytes is None else reply.output_bytes), True
         await self.settle(usage, billing_result="billed", status=200, estimated=estimated, output_reached=True)
         ctx = self.ctx
         ctx.response_started = True
@@ -442,7 +457,7 @@ class Call:
             code, message = error
             row.update(
                 error_code=code,
-                error_message=message[:500],
+                error_message=db_text(message, 500),
                 error_class=error_class or (STREAM_INTERRUPTED if status == 200 else "upstream_or_platform_error"),
             )
         if row["first_byte_at"] is None and output_reached:

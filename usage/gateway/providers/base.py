@@ -39,6 +39,7 @@ class UpstreamReply:
     body: bytes
     usage: TokenUsage | None
     content_type: str = "application/json"
+    output_bytes: int | None = None  # size of the generated text, to estimate a missing usage
 
 
 @dataclass(slots=True)

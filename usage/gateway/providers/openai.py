@@ -30,6 +30,26 @@ def usage_from_openai(usage: dict | None) -> TokenUsage | None:
     )
 
 
+def _text_bytes(data: dict, part: str = "delta") -> int:
+    """UTF-8 bytes of the text generated in a chunk's deltas (or a completion's messages, with
+    part="message"): content, refusal, reasoning and tool calls. What a missing usage is estimated from."""
+    size = 0
+    for choice in data.get("choices") or ():
+        delta = choice.get(part) if isinstance(choice, dict) else None
+        if not isinstance(delta, dict):
+            continue
+        for name in ("content", "refusal", "reasoning_content", "reasoning"):
+            if isinstance(delta.get(name), str):
+                size += len(delta[name].encode())
+        for call in delta.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                for name in ("name", "arguments"):
+                    if isinstance(function.get(name), str):
+                        size += len(function[name].encode())
+    return size
+
+
 class OpenAIChatRelay(StreamRelay):
     """Passes Chat Completions SSE through event by event.
 
@@ -60,22 +80,27 @@ class OpenAIChatRelay(StreamRelay):
             self.completed = True
             self.final = event
             return b""
-        if b'"usage":{' in payload or b'"usage": {' in payload or b'"error"' in payload:
-            try:
-                chunk = json.loads(payload)
-            except ValueError:
-                return event
-            if isinstance(chunk, dict) and chunk.get("error") is not None:
-                message = str((chunk["error"] or {}).get("message", "upstream stream error"))[:300]
-                self.upstream_error = UpstreamError(message, code="upstream_stream_interrupted")
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            chunk = None
+        if isinstance(chunk, dict):
+            if chunk.get("error") is not None:
+                error = chunk["error"]
+                message = str(error.get("message", "upstream stream error") if isinstance(error, dict) else error)
+                self.upstream_error = UpstreamError(message[:300], code="upstream_stream_interrupted")
                 return b""
-            usage = usage_from_openai(chunk.get("usage")) if isinstance(chunk, dict) else None
+            usage = usage_from_openai(chunk.get("usage"))
             if usage is not None:
                 self.usage = usage
                 if not chunk.get("choices"):
                     return event if self.client_wants_usage else b""
+            # The estimate (if the upstream never reports usage) counts the generated text, not
+            # the JSON envelope around it, which is ~50 times larger than a one-word delta.
+            self.output_chars += _text_bytes(chunk)
+        else:
+            self.output_chars += len(payload)
         self.output_events += 1
-        self.output_chars += len(payload)
         return event
 
     def error_event(self, error: OpenbiliError, *, request_id: str, trace_id: str) -> bytes:
@@ -101,7 +126,11 @@ class OpenAIAdapter(Adapter):
             data = json.loads(body)
         except ValueError as exc:
             raise UpstreamError("the upstream returned a malformed response") from exc
-        return UpstreamReply(body=body, usage=usage_from_openai(data.get("usage") if isinstance(data, dict) else None))
+        if not isinstance(data, dict):
+            return UpstreamReply(body=body, usage=None)
+        return UpstreamReply(
+            body=body, usage=usage_from_openai(data.get("usage")), output_bytes=_text_bytes(data, "message")
+        )
 
     def stream_relay(self, *, fmt, client_wants_usage):
         return OpenAIChatRelay(client_wants_usage=client_wants_usage)

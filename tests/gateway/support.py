@@ -1,0 +1,111 @@
+"""Shared checks for the gateway contract tests: the ledger invariants and the error body shape."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+from billing import money, selectors
+from billing.models import Account, Hold, PriceSnapshot
+from tests.gateway_fixtures import GPT_PRICES
+from usage.models import UsageRecord
+
+START_CREDIT = Decimal("100")
+PRICES = money.Prices(**GPT_PRICES)
+MSG = [{"role": "user", "content": "Hello from Openbili"}]
+
+
+def cost_of(**tokens: int) -> Decimal:
+    """The exact cost of a usage at gpt-5's fixture prices ($1.25 / $10 / $0.125 per 1M)."""
+    return money.usage_cost(PRICES, money.TokenUsage(**tokens))
+
+
+def row_cost(row: UsageRecord) -> Decimal:
+    """What a row's own tokens cost at its own price snapshot."""
+    usage = money.TokenUsage(
+        input_tokens=row.input_tokens,
+        output_tokens=row.output_tokens,
+        cached_input_tokens=row.cached_input_tokens,
+        cache_write_tokens=row.cache_write_tokens,
+        images=row.image_count,
+    )
+    return money.usage_cost(PriceSnapshot.objects.get(pk=row.price_snapshot_id).prices(), usage)
+
+
+def assert_ledger(account_id: int, *, spent: Decimal, credit: Decimal = START_CREDIT) -> Account:
+    """Balance == ledger sum == credit - spent; nothing reserved; no hold left open."""
+    account = Account.objects.get(pk=account_id)
+    assert account.balance == selectors.ledger_sum(account_id=account_id)
+    assert account.balance == credit - spent
+    assert account.reserved == 0
+    assert not Hold.objects.filter(account_id=account_id, state=Hold.State.OPEN).exists()
+    return account
+
+
+def assert_outcome(
+    gateway,
+    request_id: str,
+    *,
+    billing_result: str,
+    status: int,
+    cost: Decimal,
+    error_class: str = "",
+    error_code: str = "",
+    spent: Decimal | None = None,
+    account_id: int | None = None,
+    credit: Decimal = START_CREDIT,
+) -> UsageRecord:
+    """The one usage row of a request, with the expected outcome, and the ledger invariants after it.
+
+    `spent` is everything the account was charged in the test so far (defaults to this row's cost).
+    """
+    assert request_id.startswith("req_")
+    assert UsageRecord.objects.filter(request_id=request_id).count() == 1
+    row = gateway.row(request_id)
+    assert (row.billing_result, row.status) == (billing_result, status)
+    assert (row.error_class, row.error_code) == (error_class, error_code)
+    assert row.cost_usd == cost
+    if billing_result == "not_billed":
+        assert cost == 0
+    assert_ledger(account_id or gateway.account.pk, spent=cost if spent is None else spent, credit=credit)
+    return row
+
+
+def assert_no_row(request_id: str) -> None:
+    assert request_id.startswith("req_")
+    assert not UsageRecord.objects.filter(request_id=request_id).exists()
+
+
+def assert_ids(headers) -> tuple[str, str]:
+    """Every /v1 response carries x-request-id: req_… and x-trace-id: trace_…"""
+    request_id, trace_id = headers.get("x-request-id"), headers.get("x-trace-id")
+    assert request_id and request_id.startswith("req_"), headers
+    assert trace_id and trace_id.startswith("trace_"), headers
+    return request_id, trace_id
+
+
+def assert_error_body(response, *, status: int, code: str, param: str | None = None, type_: str | None = None) -> str:
+    """The OpenAI error shape with the ids matching the headers; returns the request id."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    request_id, trace_id = assert_ids(response.headers)
+    body = json.loads(response.content)
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "code", "param", "request_id", "trace_id"}
+    assert error["code"] == code
+    assert error["param"] == param
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["type"], str) and error["type"]
+    if type_ is not None:
+        assert error["type"] == type_
+    assert (error["request_id"], error["trace_id"]) == (request_id, trace_id)
+    return request_id
+
+
+def assert_sdk_error(exc, *, status: int, code: str, param: str | None = None) -> str:
+    """An openai SDK APIStatusError raised from one of our error bodies; returns the request id."""
+    assert exc.status_code == status
+    assert exc.code == code
+    assert exc.body["code"] == code and exc.body["param"] == param
+    return assert_error_body(exc.response, status=status, code=code, param=param)
