@@ -101,27 +101,29 @@ class LedgerEntry(models.Model):
         USAGE = "usage", "Usage charge"
         REFUND = "refund", "Refund"
 
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="ledger_entries")
+    account = models.ForeignKey(
+        Account, on_delete=models.PROTECT, related_name="ledger_entries", db_index=False  # ledger_account_time
+    )
     kind = models.CharField(max_length=16, choices=Kind.choices)
     amount = MoneyField(help_text="Signed USD: credits are positive, charges negative.")
     balance_after = MoneyField(help_text="The account balance right after this entry.")
     idempotency_key = models.CharField(
         max_length=200,
-        unique=True,
         help_text="Posting the same key twice returns the first entry instead of moving money again.",
     )
     reason = models.TextField(blank=True, help_text="Why: shown to operators and in the account's statement.")
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
     )
     hold = models.OneToOneField("Hold", null=True, blank=True, on_delete=models.PROTECT, related_name="entry")
-    request_id = models.CharField(max_length=64, blank=True, db_index=True)
+    request_id = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         verbose_name_plural = "ledger entries"
         indexes = [models.Index(fields=["account", "-created_at"], name="ledger_account_time")]
         constraints = [
+            models.UniqueConstraint(fields=["idempotency_key"], name="ledger_idempotency_key_unique"),
             models.CheckConstraint(condition=~Q(kind="topup") | Q(amount__gt=0), name="ledger_topup_positive"),
             models.CheckConstraint(condition=~Q(kind="refund") | Q(amount__gt=0), name="ledger_refund_positive"),
             models.CheckConstraint(condition=~Q(kind="usage") | Q(amount__lt=0), name="ledger_usage_negative"),
@@ -141,8 +143,10 @@ class Hold(models.Model):
         RELEASED = "released", "Released"
 
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="holds")
-    api_key = models.ForeignKey("ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    request_id = models.CharField(max_length=64, unique=True)
+    api_key = models.ForeignKey(
+        "ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    request_id = models.CharField(max_length=64)
     amount = MoneyField(help_text="Maximum possible cost of the request.")
     state = models.CharField(max_length=16, choices=State.choices, default=State.OPEN)
     settled_amount = MoneyField(null=True, blank=True, help_text="Charged on settle (<= amount).")
@@ -155,6 +159,7 @@ class Hold(models.Model):
             models.Index(fields=["expires_at"], condition=Q(state="open"), name="hold_open_expiry"),
         ]
         constraints = [
+            models.UniqueConstraint(fields=["request_id"], name="hold_request_id_unique"),
             models.CheckConstraint(condition=Q(amount__gte=0), name="hold_amount_gte_0"),
             models.CheckConstraint(
                 condition=Q(settled_amount__isnull=True) | Q(settled_amount__lte=models.F("amount")),
