@@ -1,0 +1,302 @@
+"""Asyncio + aiohttp load driver: one process, one connection pool, bounded by requests AND seconds.
+
+    .venv/bin/python bench/load.py --url http://127.0.0.1:8000/v1/chat/completions --key sk-ob-... \\
+        --concurrency 32 --requests 100000 --duration 10 [--stream] [--warmup 50] [--json]
+
+Each of ``concurrency`` workers POSTs a small chat completion in a loop, on a keep-alive pool of
+``concurrency`` connections, until ``requests`` requests were started or ``duration`` seconds have
+passed (whichever comes first; requests in flight then finish, each bounded by ``--timeout``).
+Warm-up requests (``--warmup``, run first at the same concurrency) open the connections and warm
+the target's caches; they are not measured.
+
+Per request: latency (send to last body byte), and for streams the time to first byte (first body
+chunk after the headers). An error is a non-2xx status, an exception or timeout, or a stream that
+did not end with ``data: [DONE]`` (Openbili ends a stream that failed mid-way with an error event
+and no [DONE]). The summary has req/s (completed requests / measured seconds), p50/p90/p99 of
+latency and TTFB in ms, and errors by kind with a sample message each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+PAYLOAD = {"model": "bench-model", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16}
+
+
+def body_for(stream: bool, model: str = "bench-model") -> bytes:
+    payload = dict(PAYLOAD, model=model)
+    if stream:
+        payload["stream"] = True
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (q in 0..100) of an already sorted list."""
+    if not sorted_values:
+        return None
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = (len(sorted_values) - 1) * q / 100.0
+    low = int(pos)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
+
+
+@dataclass
+class Samples:
+    latencies: list[float] = field(default_factory=list)  # seconds, successful requests only
+    starts: list[float] = field(default_factory=list)  # perf_counter at send, same order as latencies
+    ttfbs: list[float] = field(default_factory=list)  # seconds, successful streams only
+    ok: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    error_samples: dict[str, str] = field(default_factory=dict)
+    started: int = 0
+    first_start: float = 0.0
+    last_end: float = 0.0
+
+    def error(self, kind: str, detail: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+        self.error_samples.setdefault(kind, detail[:300])
+
+
+async def one_request(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    body: bytes,
+    stream: bool,
+    timeout: aiohttp.ClientTimeout,
+    samples: Samples | None,
+) -> None:
+    start = time.perf_counter()
+    ttfb = None
+    try:
+        async with session.post(url, data=body, headers=headers, timeout=timeout) as resp:
+            if stream and resp.status < 300:
+                tail = b""
+                while True:
+                    chunk = await resp.content.readany()
+                    if not chunk:
+                        break
+                    if ttfb is None:
+                        ttfb = time.perf_counter() - start
+                    tail = (tail + chunk)[-64:]
+                end = time.perf_counter()
+                ok = b"[DONE]" in tail
+                detail = "" if ok else f"stream ended without [DONE]; last bytes {tail!r}"
+            else:
+                data = await resp.read()
+                end = time.perf_counter()
+                ok = resp.status < 300
+                detail = "" if ok else data.decode("utf-8", "replace")
+            status = resp.status
+    except TimeoutError:
+        end, ok, status, detail = time.perf_counter(), False, "timeout", "request timed out"
+    except aiohttp.ClientError as exc:
+        end, ok, status, detail = time.perf_counter(), False, type(exc).__name__, str(exc)
+    if samples is None:
+        return
+    samples.last_end = max(samples.last_end, end)
+    if ok:
+        samples.ok += 1
+        samples.latencies.append(end - start)
+        samples.starts.append(start)
+        if ttfb is not None:
+            samples.ttfbs.append(ttfb)
+    elif isinstance(status, int) and status < 300:
+        samples.error("stream_incomplete", detail)
+    else:
+        samples.error(str(status), detail)
+
+
+async def run_load(
+    url: str,
+    *,
+    key: str = "",
+    concurrency: int = 1,
+    requests: int = 1000,
+    duration: float = 10.0,
+    stream: bool = False,
+    warmup: int = 20,
+    timeout: float = 30.0,
+    model: str = "bench-model",
+    on_start: Callable[[], None] | None = None,
+    stagger_ms: float = 0.0,
+) -> dict[str, Any]:
+    """Run one bounded load and return its summary (see module docstring).
+
+    ``key`` may be several keys separated by commas: worker i then sends key i mod len(keys).
+    ``on_start`` is called (synchronously) after the warm-up, right before the measured phase.
+    """
+    keys = [k for k in key.split(",") if k] or [""]
+    header_sets = [
+        {"Content-Type": "application/json", **({"Authorization": f"Bearer {k}"} if k else {})} for k in keys
+    ]
+    body = body_for(stream, model)
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False, keepalive_timeout=60)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+        # Warm-up: same concurrency, not measured, bounded by count and by the request timeout.
+        remaining = [warmup]
+
+        async def warm_worker(i: int) -> None:
+            headers = header_sets[i % len(header_sets)]
+            # Connections open one by one while the earlier ones are busy, so a multi-worker
+            # server's accept() is not won by one worker for all of them at once.
+            await asyncio.sleep(i * stagger_ms / 1000)
+            while remaining[0] > 0:
+                remaining[0] -= 1
+                await one_request(session, url, headers, body, stream, client_timeout, None)
+
+        if warmup > 0:
+            rounds = warmup // concurrency + 2 + int(concurrency * stagger_ms / 1000 / timeout)
+            await asyncio.wait_for(asyncio.gather(*(warm_worker(i) for i in range(concurrency))), timeout * rounds)
+
+        if on_start is not None:
+            on_start()
+        samples = Samples()
+        deadline = time.perf_counter() + duration
+        samples.first_start = time.perf_counter()
+
+        async def worker(i: int) -> None:
+            headers = header_sets[i % len(header_sets)]
+            while samples.started < requests and time.perf_counter() < deadline:
+                samples.started += 1
+                await one_request(session, url, headers, body, stream, client_timeout, samples)
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return summarize(samples, concurrency=concurrency, stream=stream)
+
+
+def summarize(samples: Samples, *, concurrency: int, stream: bool) -> dict[str, Any]:
+    elapsed = max(samples.last_end - samples.first_start, 1e-9)
+    lat = sorted(samples.latencies)
+    # The slowest 1 % (at most 30), with when they were sent: do slow requests come in bursts?
+    slow_count = min(30, max(1, len(lat) // 100)) if lat else 0
+    slowest = sorted(zip(samples.latencies, samples.starts, strict=True), reverse=True)[:slow_count]
+    ttfb = sorted(samples.ttfbs)
+    completed = samples.ok + sum(samples.errors.values())
+
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(value * 1000, 3)
+
+    return {
+        "concurrency": concurrency,
+        "stream": stream,
+        "completed": completed,
+        "ok": samples.ok,
+        "errors": sum(samples.errors.values()),
+        "errors_by_kind": samples.errors,
+        "error_samples": samples.error_samples,
+        "seconds": round(elapsed, 3),
+        "rps": round(completed / elapsed, 1),
+        "latency_ms": {
+            "p50": ms(percentile(lat, 50)),
+            "p90": ms(percentile(lat, 90)),
+            "p99": ms(percentile(lat, 99)),
+            "mean": ms(sum(lat) / len(lat)) if lat else None,
+            "max": ms(lat[-1]) if lat else None,
+        },
+        "slowest": [
+            [round(start - samples.first_start, 3), ms(latency)]
+            for latency, start in sorted(slowest, key=lambda x: x[1])
+        ],
+        "ttfb_ms": {
+            "p50": ms(percentile(ttfb, 50)),
+            "p90": ms(percentile(ttfb, 90)),
+            "p99": ms(percentile(ttfb, 99)),
+        }
+        if stream
+        else None,
+    }
+
+
+def process_main(conn, kwargs: dict[str, Any]) -> None:
+    """Entry point of a driver child process (bench/run.py): the load runs alone in its process.
+
+    After the warm-up it sends "warm" and waits for "go" (the parent takes its CPU baseline then),
+    and finally sends the summary. Keeping the driver apart means the parent's psutil sampling
+    (a few ms every 0.5 s) never stalls the event loop that times the requests.
+    """
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    def on_start() -> None:
+        conn.send("warm")
+        if not conn.poll(60) or conn.recv() != "go":
+            raise RuntimeError("the parent did not answer")
+
+    try:
+        conn.send(asyncio.run(run_load(**kwargs, on_start=on_start)))
+    except Exception as exc:
+        conn.send({"driver_error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000/v1/chat/completions")
+    parser.add_argument("--key", default="", help="sent as Authorization: Bearer KEY; KEY1,KEY2: round-robin")
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--requests", type=int, default=1000, help="at most this many measured requests")
+    parser.add_argument("--duration", type=float, default=10.0, help="at most this many seconds (measured phase)")
+    parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests first")
+    parser.add_argument("--timeout", type=float, default=30.0, help="per request, seconds")
+    parser.add_argument("--model", default="bench-model")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = parser.parse_args(argv)
+    host = URL(args.url).host
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        parser.error("only loopback targets (127.0.0.1, localhost, ::1) are allowed")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    result = asyncio.run(
+        run_load(
+            args.url,
+            key=args.key,
+            concurrency=args.concurrency,
+            requests=args.requests,
+            duration=args.duration,
+            stream=args.stream,
+            warmup=args.warmup,
+            timeout=args.timeout,
+            model=args.model,
+        )
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        lat, ttfb = result["latency_ms"], result["ttfb_ms"]
+        print(
+            f"{result['completed']} requests in {result['seconds']} s: {result['rps']} req/s, "
+            f"latency p50 {lat['p50']} p90 {lat['p90']} p99 {lat['p99']} ms"
+            + (f", TTFB p50 {ttfb['p50']} p90 {ttfb['p90']} p99 {ttfb['p99']} ms" if ttfb else "")
+            + f", errors {result['errors']}"
+        )
+        for kind, count in result["errors_by_kind"].items():
+            print(f"  {kind}: {count}  e.g. {result['error_samples'][kind]}")
+    return 0 if result["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

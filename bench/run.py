@@ -1,0 +1,1211 @@
+"""One command: the gateway's cost against the upstream alone and against LiteLLM, in one run.
+
+    .venv/bin/python bench/run.py [--quick] [--litellm] [--soak SECONDS] [--workers N] [--profile]
+
+Starts a fake OpenAI-format upstream (bench/upstream.py), Openbili with full billing on a fresh
+`openbili_bench` database (uvicorn, N workers) and, with --litellm, a LiteLLM proxy (its own
+throwaway virtualenv under var/bench/litellm-venv, no database) routed to the same upstream. Then
+runs each scenario against the upstream alone, Openbili and LiteLLM back to back, measuring
+latency and TTFB percentiles from the client (bench/load.py) and, with psutil, the CPU seconds of
+each target's process tree, of every `postgres` process and the peak RSS, per scenario. Prints a
+table per scenario and the ratios, writes bench/results/latest.json. Everything it started is
+stopped at the end, also on Ctrl-C or an error. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import multiprocessing
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+
+BASE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE / "bench"))
+
+import load  # noqa: E402
+from load import body_for  # noqa: E402
+
+PY = sys.executable
+VAR = BASE / "var" / "bench"
+RESULTS = BASE / "bench" / "results"
+LITELLM_VENV = VAR / "litellm-venv"
+LITELLM_SPEC = "litellm[proxy]==1.108.7"
+PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+BENCH_DB = "openbili_bench"
+BENCH_DB_URL = f"postgres://postgres@127.0.0.1:5432/{BENCH_DB}"
+BENCH_REDIS_URL = "redis://127.0.0.1:6379/14"
+UPSTREAM_SECRET_ENV = "OPENBILI_BENCH_UPSTREAM_KEY"
+CHAT_PATH = "/v1/chat/completions"
+
+
+def say(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------------
+
+
+STARTED: list[Service] = []
+
+
+class Service:
+    """A child process in its own process group, output to a log file; stop() ends the whole group.
+
+    Every Service ever started is in STARTED, so main() stops them all, whatever failed where.
+    """
+
+    def __init__(self, name: str, argv: list[str], *, env: dict[str, str], log: Path, cwd: Path = BASE) -> None:
+        self.name = name
+        self.log_path = log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.pid = self.proc.pid
+        STARTED.append(self)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_offset(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def log_since(self, offset: int, limit: int = 40) -> list[str]:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(offset)
+                lines = fh.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return []
+        return lines[:limit]
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self._log.closed:  # stopped already
+            return
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=timeout)
+        # Whatever is left in the group (workers of a killed master, ...) is killed outright.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        self._log.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, service: Service, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not service.alive():
+            raise RuntimeError(f"{service.name} exited (code {service.proc.returncode}); see {service.log_path}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{service.name}: nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+def http(method: str, url: str, *, body: bytes | None = None, headers: dict | None = None, timeout: float = 10.0):
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_ready(check: Callable[[], bool], service: Service, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    last_error = ""
+    while time.monotonic() < deadline:
+        if not service.alive():
+            raise RuntimeError(f"{service.name} exited (code {service.proc.returncode}); see {service.log_path}")
+        try:
+            if check():
+                return
+        except (OSError, urllib.error.URLError) as exc:
+            last_error = str(exc)
+        time.sleep(0.3)
+    raise RuntimeError(f"{service.name}: {what} not ready after {timeout:.0f}s {last_error}")
+
+
+# --------------------------------------------------------------------------------------------------
+# CPU and memory of process trees
+# --------------------------------------------------------------------------------------------------
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def postgres_processes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] == "postgres":
+            found.append(proc)
+    return found
+
+
+class Monitor:
+    """Samples CPU seconds and RSS of named process groups every 0.5 s in a thread.
+
+    CPU of a group over a window = sum over its processes of (latest cpu - cpu at window start),
+    processes born during the window counting from 0, so short-lived children are included up to
+    their last sample. RSS of a group = sum of its processes' RSS; the window keeps the peak.
+
+    Kept cheap, because it shares the 2 cores with what it measures: the periodic samples read only
+    the cached processes of the "periodic" groups (the targets, the upstream, the driver) and
+    refresh those process lists every 2 s; the postgres group (dozens of processes, found by
+    scanning /proc) is read only at the start and the end of a window.
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.groups: dict[str, Callable[[], list[psutil.Process]]] = {}
+        self.periodic: dict[str, bool] = {}
+        self.procs: dict[str, list[psutil.Process]] = {}
+        self.interval = interval
+        self.lock = threading.Lock()
+        self.cpu: dict[str, dict[int, float]] = {}
+        self.rss: dict[str, dict[int, int]] = {}
+        self.peak_rss: dict[str, int] = {}
+        self.peak_proc_rss: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-monitor", daemon=True)
+
+    def add(self, name: str, finder: Callable[[], list[psutil.Process]], periodic: bool = True) -> None:
+        with self.lock:
+            self.groups[name] = finder
+            self.periodic[name] = periodic
+            self.procs[name] = []
+            self.cpu[name] = {}
+            self.rss[name] = {}
+            self.peak_rss[name] = 0
+            self.peak_proc_rss[name] = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        count = 0
+        while not self._stop.wait(self.interval):
+            count += 1
+            self.sample(refresh=count % 4 == 0, periodic_only=True)
+
+    def sample(self, refresh: bool = True, periodic_only: bool = False) -> None:
+        with self.lock:
+            for name, finder in self.groups.items():
+                if periodic_only and not self.periodic[name]:
+                    continue
+                if refresh or not self.procs[name]:
+                    self.procs[name] = finder()
+                total_rss = 0
+                rss_now: dict[int, int] = {}
+                for proc in self.procs[name]:
+                    try:
+                        with proc.oneshot():
+                            times = proc.cpu_times()
+                            mem = proc.memory_info().rss
+                    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                        continue
+                    self.cpu[name][proc.pid] = times.user + times.system
+                    rss_now[proc.pid] = mem
+                    total_rss += mem
+                self.rss[name] = rss_now
+                self.peak_rss[name] = max(self.peak_rss[name], total_rss)
+                if rss_now:
+                    self.peak_proc_rss[name] = max(self.peak_proc_rss[name], max(rss_now.values()))
+
+    def mark(self) -> dict[str, Any]:
+        """Start a window: fresh sample, peaks reset; returns the CPU baseline."""
+        self.sample()
+        with self.lock:
+            for name in self.groups:
+                self.peak_rss[name] = sum(self.rss[name].values())
+                self.peak_proc_rss[name] = max(self.rss[name].values(), default=0)
+            return {
+                "cpu": {name: dict(per_pid) for name, per_pid in self.cpu.items()},
+                "host": psutil.cpu_times(),
+                "at": time.monotonic(),
+            }
+
+    def since(self, mark: dict[str, Any]) -> dict[str, Any]:
+        """CPU seconds per group, peak RSS per group and host busy share since mark()."""
+        self.sample()
+        host_now = psutil.cpu_times()
+        with self.lock:
+            cpu, cpu_by_pid = {}, {}
+            for name, per_pid in self.cpu.items():
+                base = mark["cpu"].get(name, {})
+                deltas = {pid: max(0.0, value - base.get(pid, 0.0)) for pid, value in per_pid.items()}
+                cpu[name] = sum(deltas.values())
+                cpu_by_pid[name] = {pid: round(d, 3) for pid, d in deltas.items() if d > 0}
+            host_before = mark["host"]
+            busy = sum(host_now) - host_now.idle - getattr(host_now, "iowait", 0.0)
+            busy_before = sum(host_before) - host_before.idle - getattr(host_before, "iowait", 0.0)
+            total = sum(host_now) - sum(host_before)
+            breakdown = {
+                field_: round(100 * (getattr(host_now, field_) - getattr(host_before, field_)) / total, 1)
+                for field_ in host_now._fields
+                if total > 0
+            }
+            return {
+                "host_breakdown_pct": breakdown,
+                "cpu_s": cpu,
+                "cpu_s_by_pid": cpu_by_pid,
+                "peak_rss": dict(self.peak_rss),
+                "peak_proc_rss": dict(self.peak_proc_rss),
+                "host_busy": (busy - busy_before) / total if total > 0 else 0.0,
+                "seconds": time.monotonic() - mark["at"],
+            }
+
+    def rss_by_pid(self, name: str) -> dict[int, int]:
+        self.sample(periodic_only=True)
+        with self.lock:
+            return dict(self.rss[name])
+
+
+def drive(on_start: Callable[[], None] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """bench/load.py's run_load in a child process (so that psutil sampling here never delays it).
+
+    ``on_start`` runs here once the child finished its warm-up, before it starts measuring.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=load.process_main, args=(child, kwargs), name="bench-driver", daemon=True)
+    proc.start()
+    DRIVER_PIDS[:] = [proc.pid]
+    bound = kwargs.get("timeout", 30.0) * 3 + kwargs.get("duration", 10.0) + 120
+    try:
+        while True:
+            if not parent.poll(bound):
+                raise RuntimeError(f"the load driver did not report within {bound:.0f}s")
+            message = parent.recv()
+            if message == "warm":
+                if on_start is not None:
+                    on_start()
+                parent.send("go")
+                continue
+            if "driver_error" in message:
+                raise RuntimeError(f"load driver failed: {message['driver_error']}")
+            return message
+    finally:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+        DRIVER_PIDS[:] = []
+
+
+DRIVER_PIDS: list[int] = []
+
+
+def driver_processes() -> list[psutil.Process]:
+    found = []
+    for pid in DRIVER_PIDS:
+        with contextlib.suppress(psutil.Error):
+            found.append(psutil.Process(pid))
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# Targets
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    base_url: str
+    key: str
+    service: Service
+    cpu_group: str
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.base_url + CHAT_PATH
+
+
+def start_upstream(args: argparse.Namespace) -> tuple[Service, str]:
+    port = free_port()
+    argv = [PY, str(BASE / "bench" / "upstream.py"), "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--latency-ms", str(args.upstream_latency_ms), "--chunks", str(args.chunks)]
+    service = Service("upstream", argv, env=dict(os.environ), log=VAR / "upstream.log")
+    wait_port(port, service, 20)
+    return service, f"http://127.0.0.1:{port}"
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [PY, str(BASE / "manage.py"), *args], env=env, cwd=BASE, text=True, capture_output=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+CATALOG = """\
+# Written by bench/run.py: one model routed to the benchmark's fake upstream.
+[[models]]
+name = "bench-model"
+kind = "chat"
+owned_by = "openbili-bench"
+context_window = 128000
+max_output_tokens = 4096
+
+[models.prices]
+input_per_mtok = "1.25"
+output_per_mtok = "10.00"
+
+[[models.routes]]
+name = "bench-upstream"
+provider = "openai"
+base_url = "{upstream}/v1"
+upstream_model = "bench-model"
+secret_env = "{secret_env}"
+priority = 1
+"""
+
+
+def start_openbili(args: argparse.Namespace, upstream: str) -> Target:
+    say(f"Openbili: fresh database {BENCH_DB}")
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {BENCH_DB}")
+    try:
+        import redis
+
+        redis.Redis.from_url(BENCH_REDIS_URL).flushdb()  # db 14 is the benchmark's alone
+    except Exception as exc:
+        say(f"Redis db 14 not flushed ({type(exc).__name__}: {exc}); continuing")
+    env = dict(os.environ)
+    for name in ("CELERY_TASK_ALWAYS_EAGER", "CELERY_BROKER_URL", "OPENBILI_DEMO"):
+        env.pop(name, None)
+    env.update(
+        DATABASE_URL=BENCH_DB_URL,
+        REDIS_URL=BENCH_REDIS_URL,
+        DJANGO_SETTINGS_MODULE="openbili.settings",
+        DEBUG="0",
+        PYTHONUNBUFFERED="1",
+    )
+    env[UPSTREAM_SECRET_ENV] = "sk-bench-upstream"
+    say("Openbili: migrate, catalog_load, probe, account_create, key_create")
+    manage(env, "migrate", "--noinput", "-v", "0")
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", prefix="bench-catalog-", delete=False) as fh:
+        fh.write(CATALOG.format(upstream=upstream, secret_env=UPSTREAM_SECRET_ENV))
+        catalog_path = fh.name
+    try:
+        manage(env, "catalog_load", catalog_path)
+    finally:
+        os.unlink(catalog_path)
+    probe = manage(env, "probe")
+    if "0 failed" not in probe:
+        raise RuntimeError(f"probe failed:\n{probe}")
+    keys = []
+    for i in range(args.accounts):  # --accounts N spreads the load over N accounts (one key each)
+        account = "bench" if i == 0 else f"bench-{i + 1}"
+        manage(env, "account_create", account, "--credit", "1000000")
+        key = manage(env, "key_create", "--account", account, "--name", "bench", "--quiet").strip()
+        if not key.startswith("sk-"):
+            raise RuntimeError(f"key_create printed no key: {key!r}")
+        keys.append(key)
+    key = keys[0]
+    if args.synchronous_commit != "on":  # diagnostic only: what WAL flushes at commit cost
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE {BENCH_DB} SET synchronous_commit = {args.synchronous_commit}")
+
+    port = free_port()
+    argv = [PY, "-m", "uvicorn", "openbili.asgi:application", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--workers", str(args.workers), "--no-access-log", "--log-level", "warning"]
+    say(f"Openbili: uvicorn on 127.0.0.1:{port} with {args.workers} worker(s)")
+    service = Service("openbili", argv, env=env, log=VAR / "openbili.log")
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        status, body = http("GET", base + "/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+        return status == 200 and b"bench-model" in body
+
+    wait_port(port, service, 60)
+    wait_ready(ready, service, 60, "GET /v1/models listing bench-model")
+    return Target("openbili", base, ",".join(keys), service, "openbili")
+
+
+LITELLM_CONFIG = """\
+# Written by bench/run.py: the same model, routed to the same fake upstream; no database.
+model_list:
+  - model_name: bench-model
+    litellm_params:
+      model: openai/bench-model
+      api_base: {upstream}/v1
+      api_key: sk-bench-upstream
+general_settings:
+  master_key: {master_key}
+"""
+
+
+def litellm_install() -> Path | None:
+    exe = LITELLM_VENV / "bin" / "litellm"
+    if exe.exists():
+        return exe
+    say(f"LiteLLM: creating {LITELLM_VENV} and installing {LITELLM_SPEC} (a few minutes; not a project dependency)")
+    VAR.mkdir(parents=True, exist_ok=True)
+    log = VAR / "litellm-install.log"
+    try:
+        subprocess.run([PY, "-m", "venv", str(LITELLM_VENV)], check=True, timeout=300)
+        with open(log, "wb") as fh:
+            subprocess.run(
+                [str(LITELLM_VENV / "bin" / "pip"), "install", LITELLM_SPEC],
+                check=True,
+                timeout=1500,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+        say(f"LiteLLM install failed ({exc}); continuing without LiteLLM. Last lines of {log}:")
+        for line in tail:
+            print("    " + line)
+        shutil.rmtree(LITELLM_VENV, ignore_errors=True)
+        return None
+    return exe if exe.exists() else None
+
+
+def start_litellm(args: argparse.Namespace, upstream: str) -> Target | None:
+    exe = litellm_install()
+    if exe is None:
+        return None
+    config = VAR / "litellm-config.yaml"
+    master_key = "sk-" + secrets.token_hex(32)  # LiteLLM refuses to start without one; clients send it
+    config.write_text(LITELLM_CONFIG.format(upstream=upstream, master_key=master_key))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_", "LITELLM_"))}
+    env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONUNBUFFERED="1", LITELLM_LOG="ERROR")
+    env["PATH"] = f"{LITELLM_VENV / 'bin'}:{env.get('PATH', '')}"
+    port = free_port()
+    argv = [str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--num_workers", str(args.workers)]
+    say(f"LiteLLM: proxy on 127.0.0.1:{port} with {args.workers} worker(s)")
+    service = Service("litellm", argv, env=env, log=VAR / "litellm.log")
+    base = f"http://127.0.0.1:{port}"
+    body = json.dumps({"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+    def ready() -> bool:
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {master_key}"}
+        status, _ = http("POST", base + CHAT_PATH, body=body, headers=headers, timeout=10)
+        return status == 200
+
+    try:
+        wait_port(port, service, 180)
+        wait_ready(ready, service, 120, "POST /v1/chat/completions")
+    except RuntimeError as exc:
+        say(f"LiteLLM did not start ({exc}); continuing without it. Last lines of {service.log_path}:")
+        for line in service.log_since(0, 400)[-15:]:
+            print("    " + line)
+        service.stop()
+        return None
+    version = subprocess.run(
+        [str(LITELLM_VENV / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return Target("litellm", base, master_key, service, "litellm", notes={"version": version})
+
+
+# --------------------------------------------------------------------------------------------------
+# Scenarios
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    stream: bool
+    concurrency: int
+    requests: int
+    duration: float
+    warmup: int
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    if quick:
+        return [
+            Scenario("nonstream_c1", "non-stream, concurrency 1 (added latency)", False, 1, 300, 3, 30),
+            Scenario("nonstream_c32", "non-stream, concurrency 32 (throughput)", False, 32, 100_000, 3, 64),
+            Scenario("stream_c1", "stream, concurrency 1 (TTFB and total)", True, 1, 200, 3, 20),
+            Scenario("stream_c8", "stream, concurrency 8 (TTFB and total)", True, 8, 100_000, 3, 32),
+        ]
+    return [
+        Scenario("nonstream_c1", "non-stream, concurrency 1 (added latency)", False, 1, 2000, 20, 200),
+        Scenario("nonstream_c32", "non-stream, concurrency 32 (throughput)", False, 32, 1_000_000, 10, 640),
+        Scenario("stream_c1", "stream, concurrency 1 (TTFB and total)", True, 1, 1000, 15, 100),
+        Scenario("stream_c8", "stream, concurrency 8 (TTFB and total)", True, 8, 1_000_000, 10, 160),
+    ]
+
+
+def measure(target: Target, scenario: Scenario, monitor: Monitor, stagger_ms: float = 0.0) -> dict[str, Any]:
+    marks: dict[str, Any] = {}
+    log_offset = target.service.log_offset()
+
+    def on_start() -> None:
+        marks["mark"] = monitor.mark()
+
+    result = drive(
+        url=target.url,
+        key=target.key,
+        concurrency=scenario.concurrency,
+        requests=scenario.requests,
+        duration=scenario.duration,
+        stream=scenario.stream,
+        warmup=scenario.warmup,
+        on_start=on_start,
+        stagger_ms=stagger_ms,
+    )
+    window = monitor.since(marks["mark"])
+    completed = max(result["completed"], 1)
+    cpu = window["cpu_s"]
+    result["cpu_ms_per_request"] = round(cpu.get(target.cpu_group, 0.0) * 1000 / completed, 3)
+    result["pg_cpu_ms_per_request"] = round(cpu.get("postgres", 0.0) * 1000 / completed, 3)
+    result["upstream_cpu_ms_per_request"] = round(cpu.get("upstream", 0.0) * 1000 / completed, 3)
+    result["driver_cpu_ms_per_request"] = round(cpu.get("driver", 0.0) * 1000 / completed, 3)
+    result["cpu_seconds"] = {name: round(value, 3) for name, value in cpu.items()}
+    result["target_cpu_seconds_by_pid"] = window["cpu_s_by_pid"].get(target.cpu_group, {})
+    result["host_busy_pct"] = round(window["host_busy"] * 100, 1)
+    result["host_breakdown_pct"] = window["host_breakdown_pct"]
+    result["peak_rss_mb"] = round(window["peak_rss"].get(target.cpu_group, 0) / 2**20, 1)
+    result["peak_process_rss_mb"] = round(window["peak_proc_rss"].get(target.cpu_group, 0) / 2**20, 1)
+    result["log_lines"] = target.service.log_since(log_offset)
+    if not target.service.alive():
+        result["target_exited"] = target.service.proc.returncode
+    return result
+
+
+def added(result: dict, base: dict | None, section: str, q: str) -> float | None:
+    if base is None or not result.get(section) or not base.get(section):
+        return None
+    mine, theirs = result[section].get(q), base[section].get(q)
+    if mine is None or theirs is None:
+        return None
+    return round(mine - theirs, 3)
+
+
+def fmt(value: Any, width: int, digits: int = 2) -> str:
+    if value is None:
+        text = "-"
+    elif isinstance(value, float):
+        text = f"{value:.{digits}f}"
+    else:
+        text = str(value)
+    return text.rjust(width)
+
+
+COLUMNS = [
+    ("target", 9),
+    ("req/s", 8),
+    ("p50", 7),
+    ("p90", 7),
+    ("p99", 7),
+    ("+p50", 7),
+    ("+p99", 7),
+    ("ttfb50", 7),
+    ("ttfb99", 7),
+    ("+ttfb50", 7),
+    ("errors", 6),
+    ("cpu/req", 8),
+    ("pg/req", 7),
+    ("rss MB", 7),
+    ("host%", 6),
+]
+
+
+def table(scenario: Scenario, rows: dict[str, dict]) -> str:
+    lines = [f"== {scenario.name}: {scenario.title} ==".ljust(40)]
+    lines.append(" ".join(name.ljust(w) if i == 0 else name.rjust(w) for i, (name, w) in enumerate(COLUMNS)))
+    base = rows.get("upstream")
+    for target, r in rows.items():
+        lat, ttfb = r["latency_ms"], r.get("ttfb_ms") or {}
+        is_base = target == "upstream"
+        values = [
+            target.ljust(9),
+            fmt(r["rps"], 8, 1),
+            fmt(lat["p50"], 7),
+            fmt(lat["p90"], 7),
+            fmt(lat["p99"], 7),
+            fmt(None if is_base else added(r, base, "latency_ms", "p50"), 7),
+            fmt(None if is_base else added(r, base, "latency_ms", "p99"), 7),
+            fmt(ttfb.get("p50"), 7),
+            fmt(ttfb.get("p99"), 7),
+            fmt(None if is_base else added(r, base, "ttfb_ms", "p50"), 7),
+            fmt(r["errors"], 6),
+            fmt(r["cpu_ms_per_request"], 8, 3),
+            fmt(r["pg_cpu_ms_per_request"] if target == "openbili" else None, 7, 3),
+            fmt(r["peak_rss_mb"], 7, 1),
+            fmt(r["host_busy_pct"], 6, 0),
+        ]
+        lines.append(" ".join(values))
+    lines.append(
+        "  latency/TTFB in ms (client side); +x = added vs the upstream alone; cpu/req = CPU ms per request of "
+        "the target's process tree; pg/req = all postgres processes; rss = peak RSS of the tree; host% = both "
+        "cores busy (driver + upstream + target + PG)."
+    )
+    for target, r in rows.items():
+        if r["errors"]:
+            lines.append(f"  {target} errors: {r['errors_by_kind']}")
+            for kind, sample in r["error_samples"].items():
+                lines.append(f"    {kind}: {sample}")
+        if r.get("log_lines"):
+            lines.append(f"  {target} log during the scenario ({len(r['log_lines'])} line(s), first ones):")
+            lines.extend("    " + line[:300] for line in r["log_lines"][:10])
+        by_pid = {pid: cpu for pid, cpu in r.get("target_cpu_seconds_by_pid", {}).items() if cpu >= 0.05}
+        if len(by_pid) > 1:  # with --workers N: did every worker get its share of the connections?
+            lines.append(f"  {target} CPU seconds by process: " + ", ".join(f"{p} {c:.2f}" for p, c in by_pid.items()))
+        if "target_exited" in r:
+            lines.append(f"  {target} EXITED with code {r['target_exited']}")
+    return "\n".join(lines)
+
+
+def ratios(results: dict[str, dict[str, dict]]) -> tuple[str, dict]:
+    lines = ["== Openbili vs LiteLLM (same worker count) =="]
+    lines.append(
+        "scenario".ljust(15)
+        + "throughput x".rjust(13)
+        + "cpu/req ratio".rjust(14)
+        + "(+PG)".rjust(8)
+        + "  (cpu/req ratio = Openbili / LiteLLM; target <= 0.125)"
+    )
+    data = {}
+    for name, rows in results.items():
+        ob, ll = rows.get("openbili"), rows.get("litellm")
+        if not ob or not ll:
+            continue
+        thr = ob["rps"] / ll["rps"] if ll["rps"] else None
+        cpu = ob["cpu_ms_per_request"] / ll["cpu_ms_per_request"] if ll["cpu_ms_per_request"] else None
+        cpu_pg = (
+            (ob["cpu_ms_per_request"] + ob["pg_cpu_ms_per_request"]) / ll["cpu_ms_per_request"]
+            if ll["cpu_ms_per_request"]
+            else None
+        )
+        data[name] = {"throughput_x": thr, "cpu_per_request_ratio": cpu, "cpu_with_pg_per_request_ratio": cpu_pg}
+        lines.append(name.ljust(15) + fmt(thr, 13, 2) + fmt(cpu, 14, 3) + fmt(cpu_pg, 8, 3))
+    return "\n".join(lines), data
+
+
+def targets_check(results: dict[str, dict[str, dict]], ratio_data: dict) -> tuple[str, list[dict]]:
+    """The performance issue's targets, each PASS / FAIL / n/a."""
+    checks: list[dict] = []
+
+    def check(label: str, value: float | None, limit: float, higher_is_better: bool = False, extra: str = ""):
+        if value is None:
+            verdict = "n/a"
+        else:
+            verdict = "PASS" if (value >= limit if higher_is_better else value <= limit) else "FAIL"
+        checks.append({"target": label, "value": value, "limit": limit, "verdict": verdict})
+        shown = "-" if value is None else f"{value:.3f}"
+        return f"  [{verdict:4}] {label}: {shown} ({'>=' if higher_is_better else '<='} {limit}){extra}"
+
+    lines = ["== Targets of the performance issue =="]
+    c1 = results.get("nonstream_c1", {})
+    if "openbili" in c1:
+        lines.append(
+            check("added p50 latency at c=1, ms", added(c1["openbili"], c1.get("upstream"), "latency_ms", "p50"), 2)
+        )
+        lines.append(
+            check("added p99 latency at c=1, ms", added(c1["openbili"], c1.get("upstream"), "latency_ms", "p99"), 4)
+        )
+    s1 = results.get("stream_c1", {})
+    if "openbili" in s1:
+        lines.append(
+            check(
+                "added TTFB p50 at c=1 (stream), ms", added(s1["openbili"], s1.get("upstream"), "ttfb_ms", "p50"), 1.5
+            )
+        )
+    for name in ("nonstream_c1", "nonstream_c32"):
+        if name in ratio_data:
+            lines.append(check(f"CPU/request vs LiteLLM ({name})", ratio_data[name]["cpu_per_request_ratio"], 0.125))
+    c32 = results.get("nonstream_c32", {})
+    if "nonstream_c32" in ratio_data:
+        errors = c32["openbili"]["errors"]
+        lines.append(
+            check(
+                "throughput at c=32 vs LiteLLM, x",
+                ratio_data["nonstream_c32"]["throughput_x"],
+                8,
+                higher_is_better=True,
+                extra=f"; Openbili errors: {errors}",
+            )
+        )
+    elif "openbili" in c32:
+        lines.append(
+            f"  [n/a ] throughput at c=32 vs LiteLLM (run with --litellm); Openbili errors: {c32['openbili']['errors']}"
+        )
+    return "\n".join(lines), checks
+
+
+# --------------------------------------------------------------------------------------------------
+# Soak and profile
+# --------------------------------------------------------------------------------------------------
+
+
+def soak(target: Target, seconds: float, monitor: Monitor) -> tuple[str, dict]:
+    say(f"soak: non-stream concurrency 8 against {target.name} for {seconds:.0f} s")
+    rss_start: dict[int, int] = {}
+    timeline: list[dict] = []
+    stop = threading.Event()
+
+    def on_start() -> None:
+        rss_start.update(monitor.rss_by_pid(target.cpu_group))
+
+    def sampler() -> None:
+        began = time.monotonic()
+        while not stop.wait(min(60.0, max(seconds / 10, 1.0))):
+            rss = monitor.rss_by_pid(target.cpu_group)
+            timeline.append(
+                {"t": round(time.monotonic() - began, 1), "rss_mb": {p: round(v / 2**20, 1) for p, v in rss.items()}}
+            )
+
+    thread = threading.Thread(target=sampler, daemon=True)
+    mark = monitor.mark()
+    thread.start()
+    try:
+        result = drive(
+            url=target.url,
+            key=target.key,
+            concurrency=8,
+            requests=int(seconds * 10_000),
+            duration=seconds,
+            warmup=200,
+            on_start=on_start,
+        )
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    rss_end = monitor.rss_by_pid(target.cpu_group)
+    window = monitor.since(mark)
+    lines = [f"== soak: {target.name}, non-stream c=8, {result['seconds']:.0f} s =="]
+    lines.append(
+        f"  {result['completed']} requests, {result['rps']} req/s, p50 {result['latency_ms']['p50']} ms, "
+        f"p99 {result['latency_ms']['p99']} ms, errors {result['errors']} {result['errors_by_kind'] or ''}"
+    )
+    lines.append("  pid       process                   RSS start MB  RSS end MB  growth MB")
+    per_pid = []
+    for pid in sorted(set(rss_start) | set(rss_end)):
+        cmd = process_label(pid, target.service.pid)
+        start, end = rss_start.get(pid), rss_end.get(pid)
+        growth = (end - start) / 2**20 if start is not None and end is not None else None
+        per_pid.append(
+            {"pid": pid, "cmd": cmd, "rss_start_mb": start and start / 2**20, "rss_end_mb": end and end / 2**20}
+        )
+        lines.append(
+            f"  {pid:<9} {cmd:<26} {fmt(start and start / 2**20, 12, 1)} {fmt(end and end / 2**20, 11, 1)} "
+            f"{fmt(growth, 10, 1)}"
+        )
+    if timeline:
+        pids = sorted(rss_end)
+        lines.append(
+            "  RSS over time, MB ("
+            + ", ".join(f"{pid} {process_label(pid, target.service.pid)}" for pid in pids)
+            + "):"
+        )
+        for point in timeline:
+            lines.append(
+                f"    t={point['t']:>6.0f}s  " + "  ".join(fmt(point["rss_mb"].get(pid), 7, 1) for pid in pids)
+            )
+    data = {
+        "load": result,
+        "rss": per_pid,
+        "timeline": timeline,
+        "cpu_s": window["cpu_s"],
+        "log_lines": target.service.log_since(0, 40),
+    }
+    return "\n".join(lines), data
+
+
+class PgWaits:
+    """Samples what the gateway's PostgreSQL backends are doing (pg_stat_activity), 10 times a second.
+
+    Used only during the profile run (it costs PostgreSQL a little CPU of its own).
+    """
+
+    QUERY = """
+        SELECT state, COALESCE(wait_event_type || ':' || wait_event, 'on CPU') FROM pg_stat_activity
+         WHERE datname = %s AND application_name = 'openbili-gateway' AND pid <> pg_backend_pid()
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.counts: dict[str, int] = {}
+        self.samples = 0
+        self.error = ""
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join(timeout=self.seconds + 10)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        try:
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+                while time.monotonic() < deadline:
+                    rows = conn.execute(self.QUERY, (BENCH_DB,)).fetchall()
+                    self.samples += 1
+                    for state, wait in rows:
+                        label = f"{state or '?'} / {wait}"
+                        self.counts[label] = self.counts.get(label, 0) + 1
+                    time.sleep(0.1)
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def report(self) -> tuple[list[str], dict]:
+        if not self.samples:
+            return [f"  pg_stat_activity: no samples {self.error}"], {"error": self.error}
+        lines = [f"  gateway PostgreSQL backends by state / wait event (mean count over {self.samples} samples):"]
+        for label, count in sorted(self.counts.items(), key=lambda kv: -kv[1]):
+            lines.append(f"    {count / self.samples:6.2f}  {label}")
+        return lines, {"samples": self.samples, "mean_backends": {k: v / self.samples for k, v in self.counts.items()}}
+
+
+def process_label(pid: int, root: int) -> str:
+    try:
+        cmdline = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return "(gone)"
+    if pid == root:
+        return "main process"
+    if "resource_tracker" in cmdline:
+        return "resource tracker"
+    if "multiprocessing" in cmdline:
+        return "worker"
+    return cmdline[-26:]
+
+
+def find_py_spy() -> str | None:
+    for candidate in (LITELLM_VENV / "bin" / "py-spy", BASE / ".venv" / "bin" / "py-spy"):
+        if candidate.exists():
+            return str(candidate)
+    return shutil.which("py-spy")
+
+
+def profile(target: Target, scenario: Scenario, py_spy: str) -> tuple[str, dict]:
+    """py-spy record (raw collapsed stacks) of the target's tree during one extra run of scenario."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"profile-{target.name}-{scenario.name}.txt"
+    seconds = max(int(scenario.duration), 3)
+    say(f"profile: py-spy record of {target.name} during {scenario.name} ({seconds} s) -> {out}")
+    argv = [py_spy, "record", "--pid", str(target.service.pid), "--subprocesses", "--nonblocking"]
+    argv += ["--rate", "200", "--duration", str(seconds), "--format", "raw", "--output", str(out)]
+    spy = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    waits = PgWaits(seconds) if target.name == "openbili" else None
+    try:
+        time.sleep(1.0)
+        if waits is not None:
+            waits.start()
+        result = drive(
+            url=target.url,
+            key=target.key,
+            concurrency=scenario.concurrency,
+            requests=scenario.requests,
+            duration=seconds,
+            stream=scenario.stream,
+            warmup=0,
+        )
+        spy_out, _ = spy.communicate(timeout=seconds + 60)
+    finally:
+        if spy.poll() is None:
+            os.killpg(spy.pid, signal.SIGKILL)
+            spy.wait(timeout=5)
+        if waits is not None:
+            waits.join()
+    wait_lines, wait_data = waits.report() if waits is not None else ([], {})
+    if spy.returncode != 0 or not out.exists():
+        message = (spy_out or b"").decode(errors="replace")[-800:]
+        return "\n".join([f"py-spy failed ({spy.returncode}): {message}", *wait_lines]), {
+            "error": message,
+            "pg_waits": wait_data,
+        }
+    text, data = summarize_profile(out, target.name, scenario.name, result)
+    data["pg_waits"] = wait_data
+    return "\n".join([text, *wait_lines]), data
+
+
+def summarize_profile(path: Path, target: str, scenario: str, load: dict) -> tuple[str, dict]:
+    self_samples: dict[str, int] = {}
+    incl_samples: dict[str, int] = {}
+    by_file: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        total += count
+        leaf = frames[-1]
+        self_samples[leaf] = self_samples.get(leaf, 0) + count
+        area = area_of(leaf)
+        by_file[area] = by_file.get(area, 0) + count
+        for frame in set(frames):
+            incl_samples[frame] = incl_samples.get(frame, 0) + count
+    if total == 0:
+        return "profile: no samples", {"samples": 0}
+
+    def top(table_: dict[str, int], n: int) -> list[tuple[str, float]]:
+        return [(name, 100.0 * c / total) for name, c in sorted(table_.items(), key=lambda kv: -kv[1])[:n]]
+
+    lines = [f"== profile: {target} during {scenario} ({total} samples, {load['rps']} req/s while profiled) =="]
+    lines.append("  self time by area:")
+    lines.extend(f"    {pct:5.1f}%  {name}" for name, pct in top(by_file, 15))
+    lines.append("  self time, top functions:")
+    lines.extend(f"    {pct:5.1f}%  {name[:140]}" for name, pct in top(self_samples, 25))
+    lines.append("  inclusive time, top functions:")
+    lines.extend(f"    {pct:5.1f}%  {name[:140]}" for name, pct in top(incl_samples, 30))
+    data = {
+        "path": str(path.relative_to(BASE)),
+        "samples": total,
+        "self_by_area": top(by_file, 30),
+        "self_top": top(self_samples, 40),
+        "inclusive_top": top(incl_samples, 60),
+    }
+    return "\n".join(lines), data
+
+
+def area_of(frame: str) -> str:
+    """'func (path/to/file.py:12)' -> a coarse area: the package or project module."""
+    if "(" not in frame:
+        return frame
+    location = frame.rsplit("(", 1)[1].rstrip(")")
+    file = location.rsplit(":", 1)[0]
+    if "site-packages/" in file:
+        return file.split("site-packages/", 1)[1].split("/", 1)[0]
+    if str(BASE) in file:
+        return file.split(str(BASE) + "/", 1)[1]
+    if "/lib/python" in file:
+        return "stdlib:" + file.split("/lib/python", 1)[1].split("/", 1)[1]
+    return file
+
+
+# --------------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    pg_version = ""
+    with contextlib.suppress(Exception), psycopg.connect(PG_ADMIN_URL) as conn:
+        pg_version = conn.execute("SHOW server_version").fetchone()[0]
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "postgresql": pg_version,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def billing_check() -> dict[str, Any]:
+    """What the benchmark left in the ledger: usage rows by outcome, open holds (should be 0)."""
+    with psycopg.connect(BENCH_DB_URL) as conn:
+        rows = conn.execute(
+            "SELECT billing_result, status, count(*) FROM usage_usagerecord GROUP BY 1, 2 ORDER BY 3 DESC"
+        ).fetchall()
+        holds = conn.execute("SELECT state, count(*) FROM billing_hold GROUP BY 1 ORDER BY 1").fetchall()
+        entries = conn.execute("SELECT kind, count(*) FROM billing_ledgerentry GROUP BY 1 ORDER BY 1").fetchall()
+    return {
+        "usage_rows": [{"billing_result": r[0], "status": r[1], "count": r[2]} for r in rows],
+        "holds": dict(holds),
+        "ledger_entries": dict(entries),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short scenarios (smoke run, under a minute)")
+    parser.add_argument("--litellm", action="store_true", help="also measure a LiteLLM proxy (own venv)")
+    parser.add_argument("--soak", type=float, default=0, metavar="SECONDS", help="then soak Openbili (c=8)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes of Openbili and LiteLLM")
+    parser.add_argument("--profile", action="store_true", help="then py-spy the targets during non-stream c=32")
+    parser.add_argument("--upstream-latency-ms", type=float, default=0, help="fake upstream first-byte delay")
+    parser.add_argument("--chunks", type=int, default=8, help="fake upstream content pieces per reply")
+    parser.add_argument("--accounts", type=int, default=1, help="Openbili accounts (one key each) to spread load on")
+    parser.add_argument(
+        "--synchronous-commit",
+        default="on",
+        choices=["on", "off", "local", "remote_write", "remote_apply"],
+        help="diagnostic: synchronous_commit of the bench database (default: the server's, on)",
+    )
+    parser.add_argument(
+        "--stagger-ms",
+        type=float,
+        default=10.0,
+        help="open the driver's connections this many ms apart during warm-up (spreads them over workers)",
+    )
+    parser.add_argument("--only", help="comma-separated scenario names to run (default: all)")
+    parser.add_argument("--output", default=str(RESULTS / "latest.json"), help="JSON results file")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    VAR.mkdir(parents=True, exist_ok=True)
+    monitor = Monitor()
+    started = time.monotonic()
+    output: dict[str, Any] = {
+        "machine": machine_info(),
+        "config": {
+            "workers": args.workers,
+            "quick": args.quick,
+            "upstream_latency_ms": args.upstream_latency_ms,
+            "chunks": args.chunks,
+            "accounts": args.accounts,
+            "stagger_ms": args.stagger_ms,
+            "synchronous_commit": args.synchronous_commit,
+            "payload": json.loads(body_for(False)),
+        },
+        "scenarios": {},
+    }
+    report: list[str] = []
+    try:
+        upstream, upstream_url = start_upstream(args)
+        targets = [Target("upstream", upstream_url, "sk-bench", upstream, "upstream")]
+        monitor.add("upstream", lambda: tree(upstream.pid))
+        monitor.add("postgres", postgres_processes, periodic=False)
+        monitor.add("driver", driver_processes)
+
+        openbili = start_openbili(args, upstream_url)
+        targets.append(openbili)
+        monitor.add("openbili", lambda: tree(openbili.service.pid))
+
+        if args.litellm:
+            litellm = start_litellm(args, upstream_url)
+            if litellm is not None:
+                targets.append(litellm)
+                monitor.add("litellm", lambda: tree(litellm.service.pid))
+                output["config"]["litellm_version"] = litellm.notes.get("version")
+        output["config"]["targets"] = [t.name for t in targets]
+        monitor.start()
+
+        selected = scenarios(args.quick)
+        if args.only:
+            wanted = set(args.only.split(","))
+            selected = [s for s in selected if s.name in wanted]
+        results: dict[str, dict[str, dict]] = {}
+        for scenario in selected:
+            results[scenario.name] = {}
+            for target in targets:
+                say(f"{scenario.name}: {target.name}")
+                results[scenario.name][target.name] = measure(target, scenario, monitor, args.stagger_ms)
+            text = table(scenario, results[scenario.name])
+            print("\n" + text + "\n", flush=True)
+            report.append(text)
+        output["scenarios"] = results
+
+        ratio_text, ratio_data = ratios(results)
+        if ratio_data:
+            print(ratio_text + "\n", flush=True)
+            report.append(ratio_text)
+        output["ratios"] = ratio_data
+        check_text, checks = targets_check(results, ratio_data)
+        print(check_text + "\n", flush=True)
+        report.append(check_text)
+        output["targets"] = checks
+
+        if args.profile:
+            py_spy = find_py_spy()
+            by_name = {s.name: s for s in scenarios(args.quick)}
+            output["profiles"] = {}
+            if py_spy is None:
+                say("profile: py-spy not found (pip install py-spy into var/bench/litellm-venv); skipped")
+            for target in targets:
+                if py_spy is None or target.name == "upstream":
+                    continue
+                text, data = profile(target, by_name["nonstream_c32"], py_spy)
+                print("\n" + text + "\n", flush=True)
+                report.append(text)
+                output["profiles"][target.name] = data
+
+        if args.soak > 0:
+            text, data = soak(openbili, args.soak, monitor)
+            print("\n" + text + "\n", flush=True)
+            report.append(text)
+            output["soak"] = data
+
+        output["billing"] = billing_check()
+        usage = ", ".join(f"{r['billing_result']}/{r['status']}: {r['count']}" for r in output["billing"]["usage_rows"])
+        text = f"== Openbili ledger after the run ==\n  usage rows: {usage}\n  holds: {output['billing']['holds']}"
+        print(text, flush=True)
+        report.append(text)
+        output["seconds"] = round(time.monotonic() - started, 1)
+        output["report"] = "\n\n".join(report)
+        path = Path(args.output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(output, indent=2, default=str) + "\n")
+        say(f"wrote {path} ({output['seconds']:.0f} s in all); service logs in {VAR}")
+        return 0
+    except KeyboardInterrupt:
+        say("interrupted; stopping everything")
+        return 130
+    finally:
+        monitor.stop()
+        for service in reversed(STARTED):
+            service.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
