@@ -464,12 +464,26 @@ class Call:
             row["first_byte_at"] = row["finished_at"]
         try:
             # Shielded: a client going away must not cancel the settle half-way through.
-            await asyncio.shield(
+            settled = await asyncio.shield(
                 execute(self.state, sql.SETTLE_WITH_USAGE, row | {"hold_id": self.hold_id, "cost": cost})
             )
+            if settled is None or settled[0] is None:
+                await self.record_lost_reserve(row)
         except Exception:
             # The hold stays open and the sweeper releases it; the customer is not charged twice.
             log.exception("request_id=%s settle failed", self.ctx.request_id)
+
+    async def record_lost_reserve(self, row: dict) -> None:
+        """No pending row to finish: the sweeper already finished it (a request that outlived its
+        hold), or a database crash lost the reserve (see sql.RESERVE_WITH_USAGE). In the second
+        case write the row now, not billed: there is no hold to charge."""
+        log.warning("request_id=%s settled no pending usage row", self.ctx.request_id)
+        message = "Not billed: the request's credit reservation was lost (database restart during the request)."
+        await execute(
+            self.state,
+            sql.INSERT_USAGE,
+            row | {"billing_result": "not_billed", "cost_usd": 0, "error_message": db_text(message, 500)},
+        )
 
 
 def response_provider(call: Call) -> str:

@@ -39,14 +39,22 @@ PENDING_CONSTANTS = {
 assert set(STARTING_COLUMNS) | set(PENDING_CONSTANTS) == set(COLUMNS)
 
 # Reserve the maximum cost and open the pending usage row, or do neither.
+#
+# This one commit does not wait for its WAL flush (synchronous_commit off for this transaction
+# only): the settle that follows is a durable commit, and WAL is flushed in order, so once the
+# settle returns the reserve is durable too. Only a database crash in between can lose a
+# reserve; the settle then finds no pending row and writes the row as not billed
+# (RECORD_LOST_RESERVE) — the customer is never charged without a hold. This halves the time the
+# account row stays locked per request and takes a disk flush off the time to first byte.
 RESERVE_WITH_USAGE = f"""
-WITH {RESERVE_CTE}, usage AS (
+WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true)),
+{RESERVE_CTE}, usage AS (
     INSERT INTO usage_usagerecord ({", ".join(STARTING_COLUMNS)}, {", ".join(PENDING_CONSTANTS)}, hold_id)
     SELECT {", ".join(f"%({c})s" for c in STARTING_COLUMNS)}, {", ".join(PENDING_CONSTANTS.values())}, hold.id
       FROM hold
  RETURNING id
 )
-SELECT hold.id FROM hold, usage
+SELECT hold.id FROM hold, usage, cfg
 """
 
 FINAL_COLUMNS = (

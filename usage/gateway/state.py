@@ -195,7 +195,9 @@ class GatewayState:
         self.pool = AsyncConnectionPool(
             conninfo(),
             min_size=1,
-            max_size=int(os.environ.get("OPENBILI_GATEWAY_DB_POOL", "10")),
+            # Small on purpose: requests of one account queue here, in the event loop, rather than
+            # as PostgreSQL backends waiting on the account's row lock (bench/README.md).
+            max_size=int(os.environ.get("OPENBILI_GATEWAY_DB_POOL", "4")),
             kwargs={"autocommit": True},
             open=False,
         )
