@@ -102,7 +102,10 @@ class LedgerEntry(models.Model):
         REFUND = "refund", "Refund"
 
     account = models.ForeignKey(
-        Account, on_delete=models.PROTECT, related_name="ledger_entries", db_index=False  # ledger_account_time
+        Account,
+        on_delete=models.PROTECT,
+        related_name="ledger_entries",
+        db_index=False,  # ledger_account_time
     )
     kind = models.CharField(max_length=16, choices=Kind.choices)
     amount = MoneyField(help_text="Signed USD: credits are positive, charges negative.")
