@@ -128,6 +128,14 @@ class AccountAdmin(admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["name", "status", "credit_limit", "created_at"]}),
         (
+            "Rate limits",
+            {
+                "description": "Shared by all the account's keys, on top of each key's own limits; "
+                "enforced by every gateway process through Redis (429 rate_limit_exceeded).",
+                "fields": ["rpm_limit", "tpm_limit"],
+            },
+        ),
+        (
             "Balance",
             {
                 "description": "The balance changes only through ledger entries: use the "
@@ -147,7 +155,7 @@ class AccountAdmin(admin.ModelAdmin):
                     {
                         "description": "A new account starts with a zero balance. Credit it afterwards "
                         "with <b>Credit / adjust</b> on its page.",
-                        "fields": ["name", "status", "credit_limit"],
+                        "fields": ["name", "status", "credit_limit", "rpm_limit", "tpm_limit"],
                     },
                 )
             ]

@@ -57,6 +57,12 @@ class Account(models.Model):
         default=0,
         help_text="How far below zero the balance may go (USD, >= 0). 0 means strictly prepaid.",
     )
+    rpm_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests per minute for all the account's keys together; empty: none."
+    )
+    tpm_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Tokens per minute for all the account's keys together; empty: none."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="accounts")
 

@@ -9,6 +9,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+import redis
 
 from billing import services
 from billing.models import Account
@@ -40,6 +41,17 @@ def live_gateway(django_db_setup, django_db_blocker):
     server.state = gateway_app.state
     yield server
     server.stop()
+
+
+def flush_rate_limits() -> None:
+    """Rate-limit counters live in Redis (when REDIS_URL is set): start each test from none."""
+    from django.conf import settings
+
+    if settings.REDIS_URL:
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        for key in client.scan_iter("openbili-limits*"):
+            client.delete(key)
+        client.close()
 
 
 class GatewayClient:
@@ -93,6 +105,7 @@ class GatewayClient:
 def gateway(transactional_db, live_gateway, upstream):
     """A funded account ($100) with a key, and gpt-5 routed to the fake upstream."""
     upstream.reset()
+    flush_rate_limits()
     model = CatalogModelFactory(name="gpt-5", context_window=400_000, max_output_tokens=128_000)
     make_visible_model(model, prices=GPT_PRICES, base_url=upstream.url + "/v1")
     account = AccountFactory(credit=Decimal("100"))

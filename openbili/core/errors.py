@@ -95,6 +95,8 @@ class RateLimited(OpenbiliError):
     error_class = "quota_or_rate_limit"
     openai_type = "rate_limit_error"
     message = "Rate limit exceeded."
+    # For the x-ratelimit-* headers: {"requests" | "tokens": (limit, remaining, reset seconds)}.
+    limits: dict[str, tuple[int, int, int]] = {}
 
 
 class ModelNotFound(OpenbiliError):

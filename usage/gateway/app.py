@@ -165,22 +165,21 @@ async def send_bytes(
 
 
 def error_headers(ctx: Ctx, error: OpenbiliError) -> list[tuple[bytes, bytes]]:
+    """429s carry Retry-After and OpenAI's x-ratelimit-* triples (CONTRACT §2.1)."""
     if error.status != 429:
         return []
-    retry_after = str(error.retry_after or 1).encode()
+    retry_after = error.retry_after or 1
+    limits = getattr(error, "limits", {})
     key = ctx.key
-    rpm = str(key.rpm_limit or 0).encode() if key else b"0"
-    tpm = str(key.tpm_limit or 0).encode() if key else b"0"
-    reset = retry_after + b"s"
-    return [
-        (b"retry-after", retry_after),
-        (b"x-ratelimit-limit-requests", rpm),
-        (b"x-ratelimit-remaining-requests", b"0"),
-        (b"x-ratelimit-reset-requests", reset),
-        (b"x-ratelimit-limit-tokens", tpm),
-        (b"x-ratelimit-remaining-tokens", b"0"),
-        (b"x-ratelimit-reset-tokens", reset),
-    ]
+    headers = [(b"retry-after", str(retry_after).encode())]
+    for what, configured in (("requests", key.rpm_limit if key else None), ("tokens", key.tpm_limit if key else None)):
+        limit, remaining, reset = limits.get(what, (configured or 0, 0, retry_after))
+        headers += [
+            (b"x-ratelimit-limit-" + what.encode(), str(limit).encode()),
+            (b"x-ratelimit-remaining-" + what.encode(), str(remaining).encode()),
+            (b"x-ratelimit-reset-" + what.encode(), f"{reset}s".encode()),
+        ]
+    return headers
 
 
 async def send_error(send, ctx: Ctx, error: OpenbiliError) -> None:

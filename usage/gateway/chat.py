@@ -119,6 +119,8 @@ async def handle(state: GatewayState, ctx: Ctx, receive, send) -> None:
     price = model.price_at(ctx.started_at)
     if price is None:
         raise ModelNotReady(f"The model '{model_name}' has no price yet.", param="model")
+    assert state.limiter is not None
+    await state.limiter.admit(key)
     applied = clamp(body, requested, model.max_output_tokens)
     row.update(max_tokens_applied=applied, price_snapshot_id=price.snapshot_id)
     hold_amount = money.max_cost(
@@ -469,6 +471,8 @@ class Call:
             )
             if settled is None or settled[0] is None:
                 await self.record_lost_reserve(row)
+            assert self.state.limiter is not None and self.ctx.key is not None
+            await self.state.limiter.consume(self.ctx.key, usage)
         except Exception:
             # The hold stays open and the sweeper releases it; the customer is not charged twice.
             log.exception("request_id=%s settle failed", self.ctx.request_id)

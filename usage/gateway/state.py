@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from billing import keys as key_format
 from billing.money import Prices
+from usage.gateway.limits import Limiter
 
 log = logging.getLogger("openbili.gateway")
 
@@ -43,6 +44,8 @@ class KeyInfo:
     allowed_models: frozenset[str]
     rpm_limit: int | None
     tpm_limit: int | None
+    account_rpm_limit: int | None
+    account_tpm_limit: int | None
 
     def usable(self, now: datetime) -> bool:
         return self.active and self.account_active and (self.expires_at is None or self.expires_at > now)
@@ -107,6 +110,8 @@ def _load_key(key_hash: str) -> KeyInfo | None:
         allowed_models=frozenset(key.allowed_models),
         rpm_limit=key.rpm_limit,
         tpm_limit=key.tpm_limit,
+        account_rpm_limit=key.account.rpm_limit,
+        account_tpm_limit=key.account.tpm_limit,
     )
 
 
@@ -180,6 +185,7 @@ class GatewayState:
     def __init__(self) -> None:
         self.pool: AsyncConnectionPool | None = None
         self.http: aiohttp.ClientSession | None = None
+        self.limiter: Limiter | None = None
         self._keys: dict[str, tuple[float, KeyInfo | None]] = {}
         self._catalog: dict[str, ModelInfo] = {}
         self._catalog_at = 0.0
@@ -202,6 +208,7 @@ class GatewayState:
             open=False,
         )
         await self.pool.open()
+        self.limiter = Limiter(settings.REDIS_URL)
         self.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300),
             auto_decompress=False,
