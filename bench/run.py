@@ -445,7 +445,9 @@ def start_openbili(args: argparse.Namespace, upstream: str) -> Target:
     for i in range(args.accounts):  # --accounts N spreads the load over N accounts (one key each)
         account = "bench" if i == 0 else f"bench-{i + 1}"
         manage(env, "account_create", account, "--credit", "1000000")
-        key = manage(env, "key_create", "--account", account, "--name", "bench", "--quiet").strip()
+        # Rate limits on (far above what the run sends), so every request also pays the Redis checks.
+        limits = [] if args.no_rate_limits else ["--rpm", "2000000000", "--tpm", "2000000000"]
+        key = manage(env, "key_create", "--account", account, "--name", "bench", "--quiet", *limits).strip()
         if not key.startswith("sk-"):
             raise RuntimeError(f"key_create printed no key: {key!r}")
         keys.append(key)
@@ -1079,6 +1081,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--upstream-latency-ms", type=float, default=0, help="fake upstream first-byte delay")
     parser.add_argument("--chunks", type=int, default=8, help="fake upstream content pieces per reply")
     parser.add_argument("--accounts", type=int, default=1, help="Openbili accounts (one key each) to spread load on")
+    parser.add_argument(
+        "--no-rate-limits",
+        action="store_true",
+        help="diagnostic: bench key without RPM/TPM limits (skips the Redis checks on every request)",
+    )
     parser.add_argument(
         "--synchronous-commit",
         default="on",
