@@ -472,7 +472,7 @@ class Call:
             if settled is None or settled[0] is None:
                 await self.record_lost_reserve(row)
             assert self.state.limiter is not None and self.ctx.key is not None
-            await self.state.limiter.consume(self.ctx.key, usage)
+            self.state.limiter.consume(self.ctx.key, usage)
         except Exception:
             # The hold stays open and the sweeper releases it; the customer is not charged twice.
             log.exception("request_id=%s settle failed", self.ctx.request_id)

@@ -219,6 +219,8 @@ class GatewayState:
     async def stop(self) -> None:
         if self._listener:
             self._listener.cancel()
+        if self.limiter:
+            await self.limiter.close()
         if self.http:
             await self.http.close()
         if self.pool:
