@@ -156,14 +156,6 @@ def hold_release(*, hold_id: int) -> ledger.SettleResult:
     return hold_settle(hold_id=hold_id, cost=Decimal(0))
 
 
-def holds_sweep(*, limit: int = 500) -> int:
-    """Release expired open holds (their request died). Returns how many this call released."""
-    with connection.cursor() as cursor:
-        cursor.execute(ledger.EXPIRED_HOLDS, {"limit": limit})
-        hold_ids = [row[0] for row in cursor.fetchall()]
-    return sum(hold_release(hold_id=hold_id).resolved for hold_id in hold_ids)
-
-
 # --- API keys ------------------------------------------------------------------------------------
 
 

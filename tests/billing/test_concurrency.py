@@ -18,6 +18,7 @@ from django.utils import timezone
 from billing import selectors, services
 from billing.models import Account, Hold, LedgerEntry
 from tests.factories import AccountFactory
+from usage.services import requests_sweep
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -179,9 +180,7 @@ def test_sweepers_racing_settles_resolve_every_expired_hold_once():
     Hold.objects.filter(pk__in=hold_ids).update(expires_at=timezone.now() - timedelta(minutes=1))
 
     results = race(
-        lambda arg: (
-            services.holds_sweep() if arg == "sweep" else services.hold_settle(hold_id=arg, cost=Decimal("0.1"))
-        ),
+        lambda arg: requests_sweep() if arg == "sweep" else services.hold_settle(hold_id=arg, cost=Decimal("0.1")),
         ["sweep", "sweep", "sweep", *hold_ids],
     )
 

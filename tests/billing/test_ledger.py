@@ -14,6 +14,7 @@ from billing.models import Account, Hold, LedgerEntry
 from billing.money import MoneyError, quantize_cost
 from openbili.core.errors import IdempotencyConflict, InsufficientBalance, InvalidRequest
 from tests.factories import AccountFactory
+from usage.services import requests_sweep
 
 pytestmark = pytest.mark.django_db
 
@@ -340,7 +341,7 @@ def test_sweep_releases_expired_open_holds_only(account):
     services.hold_settle(hold_id=expired_settled, cost=Decimal("3"))
     expire(expired_open, expired_settled)
 
-    released = services.holds_sweep()
+    released = requests_sweep()
 
     assert released == 1
     states = dict(Hold.objects.values_list("request_id", "state"))
@@ -350,23 +351,23 @@ def test_sweep_releases_expired_open_holds_only(account):
     assert (account.balance, account.reserved) == (Decimal("97"), Decimal("2"))
     assert fresh_open  # still open, still reserved
 
-    assert services.holds_sweep() == 0
+    assert requests_sweep() == 0
 
 
 def test_sweep_respects_its_limit(account):
     hold_ids = [reserve(account, "1", f"req_{n}") for n in range(3)]
     expire(*hold_ids)
 
-    assert services.holds_sweep(limit=2) == 2
-    assert services.holds_sweep(limit=2) == 1
-    assert services.holds_sweep(limit=2) == 0
+    assert requests_sweep(limit=2) == 2
+    assert requests_sweep(limit=2) == 1
+    assert requests_sweep(limit=2) == 0
     assert assert_ledger_consistent(account.pk).reserved == Decimal(0)
 
 
 def test_expired_hold_settled_after_the_sweep_is_not_charged(account):
     hold_id = reserve(account, "1", "req_1")
     expire(hold_id)
-    services.holds_sweep()
+    requests_sweep()
 
     result = services.hold_settle(hold_id=hold_id, cost=Decimal("0.5"))
 
@@ -439,7 +440,7 @@ def test_invariants_hold_after_any_sequence_of_operations(seed):
         elif op == "sweep" and open_holds:
             victim = rng.choice(open_holds)
             expire(victim)
-            assert services.holds_sweep() == 1
+            assert requests_sweep() == 1
             open_holds.remove(victim)
             resolved_holds.append(victim)
 
