@@ -67,6 +67,14 @@ h AS (
 
 SETTLE = f"WITH {SETTLE_CTE} SELECT h.settled_amount, (SELECT id FROM entry) FROM h"
 
+# A request still alive (a long stream) pushes its hold's expiry forward, so that the sweeper
+# only ever releases holds whose request died. Touches the hold row only, never the account's.
+EXTEND_HOLD = """
+UPDATE billing_hold
+   SET expires_at = now() + make_interval(secs => %(ttl_seconds)s)
+ WHERE id = %(hold_id)s AND state = 'open'
+"""
+
 # Holds whose request died (process killed) are released after their expiry.
 EXPIRED_HOLDS = """
 SELECT id FROM billing_hold

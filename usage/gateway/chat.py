@@ -17,7 +17,7 @@ import time
 
 import aiohttp
 
-from billing import money
+from billing import ledger, money
 from openbili.core.errors import (
     InsufficientBalance,
     InvalidRequest,
@@ -123,6 +123,7 @@ async def handle(state: GatewayState, ctx: Ctx, receive, send) -> None:
     await state.limiter.admit(key)
     applied = clamp(body, requested, model.max_output_tokens)
     row.update(max_tokens_applied=applied, price_snapshot_id=price.snapshot_id)
+    ttl = hold_ttl(model)
     hold_amount = money.max_cost(
         price.prices,
         max_input_tokens=min(len(raw), model.context_window),
@@ -131,14 +132,14 @@ async def handle(state: GatewayState, ctx: Ctx, receive, send) -> None:
     reserved = await execute(
         state,
         sql.RESERVE_WITH_USAGE,
-        row | {"amount": hold_amount, "ttl_seconds": hold_ttl(model), "api_key_id": key.id},
+        row | {"amount": hold_amount, "ttl_seconds": ttl, "api_key_id": key.id},
     )
     if reserved is None:
         raise InsufficientBalance(
             f"This request may cost up to ${hold_amount.normalize():f}, more than the account's available credit."
         )
     ctx.row_written = True
-    call = Call(state, ctx, send, receive, model, price.prices, body, raw, stream, hold_id=reserved[0])
+    call = Call(state, ctx, send, receive, model, price.prices, body, raw, stream, hold_id=reserved[0], ttl=ttl)
     await call.run()
 
 
@@ -152,7 +153,7 @@ def hold_ttl(model: ModelInfo) -> int:
 class Call:
     """One reserved request talking to upstream, until its hold is settled."""
 
-    def __init__(self, state, ctx, send, receive, model, prices, body, raw, stream, *, hold_id):
+    def __init__(self, state, ctx, send, receive, model, prices, body, raw, stream, *, hold_id, ttl):
         self.state: GatewayState = state
         self.ctx: Ctx = ctx
         self.send = send
@@ -163,6 +164,8 @@ class Call:
         self.raw: bytes = raw
         self.stream: bool = stream
         self.hold_id: int = hold_id
+        self.ttl = ttl
+        self.renew_at = time.monotonic() + ttl / 3  # a stream outliving this renews its hold
         self.attempts: list[dict] = []
         self.route: RouteInfo | None = None
         self.settled = False
@@ -334,6 +337,8 @@ class Call:
                     await self.send({"type": "http.response.body", "body": out, "more_body": True})
                 if relay.upstream_error is not None or ctx.disconnected_at is not None:
                     break
+                if time.monotonic() >= self.renew_at:
+                    await self.renew_hold()
         except (TimeoutError, aiohttp.ClientError):
             cut = True
         finally:
@@ -374,6 +379,13 @@ class Call:
         )
         event = relay.error_event(error, request_id=ctx.request_id, trace_id=ctx.trace_id)
         await self.send({"type": "http.response.body", "body": event, "more_body": False})
+
+    async def renew_hold(self) -> None:
+        self.renew_at = time.monotonic() + self.ttl / 3
+        try:
+            await execute(self.state, ledger.EXTEND_HOLD, {"hold_id": self.hold_id, "ttl_seconds": self.ttl})
+        except Exception:  # the stream goes on; at worst the sweeper releases the hold unbilled
+            log.exception("request_id=%s hold renewal failed", self.ctx.request_id)
 
     async def watch_disconnect(self, response: aiohttp.ClientResponse) -> None:
         while True:
