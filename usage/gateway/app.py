@@ -289,8 +289,6 @@ class Gateway:
     async def __call__(self, scope, receive, send) -> None:
         if not self.state.pool:
             await self.state.start()
-        from usage.gateway import chat  # imported late: needs Django's apps ready
-
         ctx = Ctx(scope)
         path, method = scope["path"].rstrip("/"), scope["method"]
         try:
@@ -353,3 +351,6 @@ def model_json(model: ModelInfo) -> dict:
 
 
 gateway = Gateway()
+
+# Endpoint modules import the pieces above; imported last so that they find them defined.
+from usage.gateway import chat  # noqa: E402
