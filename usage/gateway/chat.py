@@ -278,12 +278,7 @@ class Call:
 
     async def relay_whole(self, response: aiohttp.ClientResponse) -> None:
         adapter = adapter_for(response_provider(self))
-        try:
-            data = await response.read()
-        except (TimeoutError, aiohttp.ClientError):
-            # connect() has already read (and retried) the body; this is only a safety net.
-            await self.finish_failed(UpstreamFailure(UpstreamTimeout("The upstream stopped answering.")))
-            return
+        data = await response.read()  # read (and retried if cut) in connect(): aiohttp returns it cached
         try:
             reply = adapter.parse(fmt="chat", body=data)
         except OpenbiliError as error:
