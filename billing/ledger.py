@@ -20,52 +20,76 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-# CTE fragments, composed into whole statements here and (with the usage row) by the gateway.
+# CTE fragments, composed into whole statements here and (with the usage rows) by the gateway.
+# Both work on a set of requests, a relation `req` defined before them: one row per request here,
+# several of one account at once when the gateway batches (usage/gateway/batch.py).
+
+# `req` has (api_key_id, request_id, amount, ttl_seconds); %(account_id)s is the account of all of
+# them. The account must cover their sum, or nothing is reserved.
 RESERVE_CTE = """
-acc AS (
+want AS (
+    SELECT sum(amount) AS amount FROM req
+), acc AS (
     UPDATE billing_account
-       SET reserved = reserved + %(amount)s
+       SET reserved = reserved + want.amount
+      FROM want
      WHERE id = %(account_id)s
        AND status = 'active'
-       AND balance + credit_limit - reserved >= %(amount)s
- RETURNING id
+       AND balance + credit_limit - reserved >= want.amount
+ RETURNING billing_account.id
 ), hold AS (
     INSERT INTO billing_hold (account_id, api_key_id, request_id, amount, state, created_at, expires_at)
-    SELECT acc.id, %(api_key_id)s, %(request_id)s, %(amount)s, 'open', now(),
-           now() + make_interval(secs => %(ttl_seconds)s)
-      FROM acc
- RETURNING id
+    SELECT acc.id, req.api_key_id, req.request_id, req.amount, 'open', now(),
+           now() + make_interval(secs => req.ttl_seconds)
+      FROM acc, req
+ RETURNING id, request_id
 )"""
 
-RESERVE = f"WITH {RESERVE_CTE} SELECT id FROM hold"
+ONE_RESERVE = """req AS (
+    SELECT %(api_key_id)s::bigint AS api_key_id, %(request_id)s::text AS request_id,
+           %(amount)s::numeric AS amount, %(ttl_seconds)s::integer AS ttl_seconds
+)"""
 
-# `cost` is capped at the held amount (CONTRACT §3: a hold is settled for at most its amount).
+RESERVE = f"WITH {ONE_RESERVE}, {RESERVE_CTE} SELECT id FROM hold"
+
+# `req` has (hold_id, cost). Each hold still open is settled for its cost capped at its amount
+# (CONTRACT §3: a hold is settled for at most its amount); each account is updated once by the
+# sums; each charge gets a ledger entry whose balance_after is the running balance (entries of
+# one statement in hold order: the last one carries the account's new balance).
 SETTLE_CTE = """
 h AS (
-    UPDATE billing_hold
-       SET state = CASE WHEN LEAST(%(cost)s::numeric, amount) > 0 THEN 'settled' ELSE 'released' END,
-           settled_amount = LEAST(%(cost)s::numeric, amount),
+    UPDATE billing_hold b
+       SET state = CASE WHEN LEAST(req.cost, b.amount) > 0 THEN 'settled' ELSE 'released' END,
+           settled_amount = LEAST(req.cost, b.amount),
            resolved_at = now()
-     WHERE id = %(hold_id)s AND state = 'open'
- RETURNING id, account_id, amount, settled_amount, request_id
+      FROM req
+     WHERE b.id = req.hold_id AND b.state = 'open'
+ RETURNING b.id, b.account_id, b.amount, b.settled_amount, b.request_id
+), total AS (
+    SELECT account_id, sum(amount) AS amount, sum(settled_amount) AS settled FROM h GROUP BY account_id
 ), acc AS (
     UPDATE billing_account a
-       SET reserved = a.reserved - h.amount,
-           balance = a.balance - h.settled_amount
-      FROM h
-     WHERE a.id = h.account_id
+       SET reserved = a.reserved - total.amount,
+           balance = a.balance - total.settled
+      FROM total
+     WHERE a.id = total.account_id
  RETURNING a.id, a.balance
 ), entry AS (
     INSERT INTO billing_ledgerentry
            (account_id, kind, amount, balance_after, idempotency_key, reason, hold_id, request_id, created_at)
-    SELECT acc.id, 'usage', -h.settled_amount, acc.balance, 'usage:' || h.request_id, '', h.id,
-           h.request_id, now()
+    SELECT acc.id, 'usage', -h.settled_amount,
+           acc.balance + COALESCE(sum(h.settled_amount) OVER (
+               PARTITION BY h.account_id ORDER BY h.id DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0),
+           'usage:' || h.request_id, '', h.id, h.request_id, now()
       FROM h JOIN acc ON acc.id = h.account_id
      WHERE h.settled_amount > 0
+     ORDER BY h.id
  RETURNING id
 )"""
 
-SETTLE = f"WITH {SETTLE_CTE} SELECT h.settled_amount, (SELECT id FROM entry) FROM h"
+ONE_SETTLE = "req AS (SELECT %(hold_id)s::bigint AS hold_id, %(cost)s::numeric AS cost)"
+
+SETTLE = f"WITH {ONE_SETTLE}, {SETTLE_CTE} SELECT h.settled_amount, (SELECT id FROM entry) FROM h"
 
 # A request still alive (a long stream) pushes its hold's expiry forward, so that the sweeper
 # only ever releases holds whose request died. Touches the hold row only, never the account's.

@@ -129,17 +129,15 @@ async def handle(state: GatewayState, ctx: Ctx, receive, send) -> None:
         max_input_tokens=min(len(raw), model.context_window),
         max_output_tokens=(applied or model.max_output_tokens) * n,
     )
-    reserved = await execute(
-        state,
-        sql.RESERVE_WITH_USAGE,
-        row | {"amount": hold_amount, "ttl_seconds": ttl, "api_key_id": key.id},
-    )
-    if reserved is None:
+    assert state.reserves is not None
+    item = {column: row[column] for column in sql.RESERVE_COLUMNS[:-2]}
+    hold_id = await state.reserves.submit(key.account_id, item | {"amount": hold_amount, "ttl_seconds": ttl})
+    if hold_id is None:
         raise InsufficientBalance(
             f"This request may cost up to ${hold_amount.normalize():f}, more than the account's available credit."
         )
     ctx.row_written = True
-    call = Call(state, ctx, send, receive, model, price.prices, body, raw, stream, hold_id=reserved[0], ttl=ttl)
+    call = Call(state, ctx, send, receive, model, price.prices, body, raw, stream, hold_id=hold_id, ttl=ttl)
     await call.run()
 
 
@@ -473,10 +471,11 @@ class Call:
             row["first_byte_at"] = row["finished_at"]
         try:
             # Shielded: a client going away must not cancel the settle half-way through.
-            settled = await asyncio.shield(
-                execute(self.state, sql.SETTLE_WITH_USAGE, row | {"hold_id": self.hold_id, "cost": cost})
-            )
-            if settled is None or settled[0] is None:
+            assert self.state.settles is not None
+            item = {column: row[column] for column in sql.SETTLE_COLUMNS[3:]}
+            item |= {"request_id": row["request_id"], "hold_id": self.hold_id, "cost": cost}
+            charged = await asyncio.shield(self.state.settles.submit(row["account_id"], item))
+            if charged is None:
                 await self.record_lost_reserve(row)
             assert self.state.limiter is not None and self.ctx.key is not None
             self.state.limiter.consume(self.ctx.key, usage)

@@ -1,9 +1,12 @@
-"""The gateway's writes: the ledger statements of billing/ledger.py composed with the usage row,
-so a request costs two round trips to PostgreSQL (reserve + settle), each one atomic statement."""
+"""The gateway's writes: the ledger statements of billing/ledger.py composed with the usage rows,
+so a request costs two round trips to PostgreSQL (reserve + settle), each one atomic statement,
+which requests of one account arriving together share (batch.py: one statement for all of them).
+The requests of a batch travel as ONE jsonb parameter (a list of row objects, expanded by
+jsonb_to_recordset), which costs less to send than a parameter per column."""
 
 from __future__ import annotations
 
-from billing.ledger import RESERVE_CTE, SETTLE_CTE
+from billing.ledger import ONE_SETTLE, RESERVE_CTE, SETTLE_CTE
 
 COLUMNS = (
     "request_id", "trace_id", "account_id", "api_key_id", "key_prefix", "endpoint", "model_requested",
@@ -13,6 +16,29 @@ COLUMNS = (
     "billing_result", "price_snapshot_id", "output_reached_client", "client_disconnected_at", "started_at",
     "first_byte_at", "finished_at", "attempts", "user_agent",
 )  # fmt: skip
+
+# Types of the columns a batch sends (jsonb_to_recordset needs them spelled out).
+TYPES = {
+    "request_id": "text", "trace_id": "text", "account_id": "bigint", "api_key_id": "bigint", "key_prefix": "text",
+    "endpoint": "text", "model_requested": "text", "route_id": "bigint", "provider": "text",
+    "upstream_model": "text", "stream": "boolean", "status": "smallint", "error_class": "text",
+    "error_code": "text", "error_message": "text", "input_tokens": "integer", "output_tokens": "integer",
+    "cached_input_tokens": "integer", "cache_write_tokens": "integer", "reasoning_tokens": "integer",
+    "image_count": "integer", "tokens_estimated": "boolean", "max_tokens_requested": "integer",
+    "max_tokens_applied": "integer", "cost_usd": "numeric", "billing_result": "text",
+    "price_snapshot_id": "bigint", "output_reached_client": "boolean", "client_disconnected_at": "timestamptz",
+    "started_at": "timestamptz", "first_byte_at": "timestamptz", "finished_at": "timestamptz",
+    "attempts": "text", "user_agent": "text",  # attempts: a JSON document, cast where written
+    # not usage columns: what the ledger needs
+    "amount": "numeric", "ttl_seconds": "integer", "hold_id": "bigint", "cost": "numeric",
+}  # fmt: skip
+
+
+def recordset(columns) -> str:
+    """`req` from the %(rows)s parameter: a jsonb array of objects with these keys."""
+    spec = ", ".join(f"{c} {TYPES[c]}" for c in columns)
+    return f"req AS (SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS r({spec}))"
+
 
 _VALUES = ", ".join("%(attempts)s::jsonb" if c == "attempts" else f"%({c})s" for c in COLUMNS)
 
@@ -38,23 +64,28 @@ PENDING_CONSTANTS = {
 }  # fmt: skip
 assert set(STARTING_COLUMNS) | set(PENDING_CONSTANTS) == set(COLUMNS)
 
-# Reserve the maximum cost and open the pending usage row, or do neither.
+# Reserve the maximum cost of every request in %(rows)s (all of account %(account_id)s) and open
+# their pending usage rows, or do nothing if the account cannot cover them all. Returns
+# (request_id, hold id) per request reserved.
 #
 # This one commit does not wait for its WAL flush (synchronous_commit off for this transaction
 # only): the settle that follows is a durable commit, and WAL is flushed in order, so once the
 # settle returns the reserve is durable too. Only a database crash in between can lose a
 # reserve; the settle then finds no pending row and writes the row as not billed
-# (RECORD_LOST_RESERVE) — the customer is never charged without a hold. This halves the time the
+# (record_lost_reserve) — the customer is never charged without a hold. This halves the time the
 # account row stays locked per request and takes a disk flush off the time to first byte.
-RESERVE_WITH_USAGE = f"""
+RESERVE_COLUMNS = (*(c for c in STARTING_COLUMNS if c != "account_id"), "amount", "ttl_seconds")
+RESERVE_MANY = f"""
 WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true)),
+{recordset(RESERVE_COLUMNS)},
 {RESERVE_CTE}, usage AS (
     INSERT INTO usage_usagerecord ({", ".join(STARTING_COLUMNS)}, {", ".join(PENDING_CONSTANTS)}, hold_id)
-    SELECT {", ".join(f"%({c})s" for c in STARTING_COLUMNS)}, {", ".join(PENDING_CONSTANTS.values())}, hold.id
-      FROM hold
- RETURNING id
+    SELECT {", ".join("%(account_id)s" if c == "account_id" else f"req.{c}" for c in STARTING_COLUMNS)},
+           {", ".join(PENDING_CONSTANTS.values())}, hold.id
+      FROM req JOIN hold USING (request_id)
+ RETURNING request_id
 )
-SELECT hold.id FROM hold, usage, cfg
+SELECT hold.request_id, hold.id FROM hold, cfg
 """
 
 FINAL_COLUMNS = (
@@ -64,26 +95,30 @@ FINAL_COLUMNS = (
     "first_byte_at", "finished_at", "attempts",
 )  # fmt: skip
 
-_SETS = ",\n       ".join(f"{c} = %(attempts)s::jsonb" if c == "attempts" else f"{c} = %({c})s" for c in FINAL_COLUMNS)
+_SETS = ",\n       ".join(f"{c} = req.{c}::jsonb" if c == "attempts" else f"{c} = req.{c}" for c in FINAL_COLUMNS)
+SETTLE_COLUMNS = ("request_id", "hold_id", "cost", "billing_result", *FINAL_COLUMNS)
 
-# Settle the hold and finish the usage row in one statement. A replay finds neither an open hold
-# nor a pending row and changes nothing. cost_usd is what the ledger actually charged.
-SETTLE_WITH_USAGE = f"""
-WITH {SETTLE_CTE}, usage AS (
-    UPDATE usage_usagerecord
+# Settle the holds of %(rows)s and finish their usage rows, in one statement. A replay finds
+# neither an open hold nor a pending row and changes nothing. cost_usd is what the ledger actually
+# charged. Returns (request_id, cost_usd) per usage row finished.
+SETTLE_MANY = f"""
+WITH {recordset(SETTLE_COLUMNS)},
+{SETTLE_CTE}, usage AS (
+    UPDATE usage_usagerecord u
        SET {_SETS},
-           cost_usd = COALESCE((SELECT settled_amount FROM h), 0),
-           billing_result = CASE WHEN COALESCE((SELECT settled_amount FROM h), 0) = 0 AND %(billing_result)s <> 'billed'
-                                 THEN 'not_billed' ELSE %(billing_result)s END
-     WHERE request_id = %(request_id)s AND billing_result = 'pending'
- RETURNING cost_usd
+           cost_usd = COALESCE(h.settled_amount, 0),
+           billing_result = CASE WHEN COALESCE(h.settled_amount, 0) = 0 AND req.billing_result <> 'billed'
+                                 THEN 'not_billed' ELSE req.billing_result END
+      FROM req LEFT JOIN h ON h.request_id = req.request_id
+     WHERE u.request_id = req.request_id AND u.billing_result = 'pending'
+ RETURNING u.request_id, u.cost_usd
 )
-SELECT (SELECT cost_usd FROM usage), (SELECT id FROM entry)
+SELECT request_id, cost_usd FROM usage
 """
 
 # The sweeper: release a hold whose request died (process killed) and finish its usage row.
 SWEEP_HOLD = f"""
-WITH {SETTLE_CTE}, usage AS (
+WITH {ONE_SETTLE}, {SETTLE_CTE}, usage AS (
     UPDATE usage_usagerecord
        SET billing_result = 'not_billed', cost_usd = 0, status = COALESCE(status, 500),
            error_class = 'upstream_or_platform_error', error_code = 'interrupted',
