@@ -99,10 +99,11 @@ UPDATE billing_hold
  WHERE id = %(hold_id)s AND state = 'open'
 """
 
-# Holds whose request died (process killed) are released after their expiry.
+# Holds whose request died (process killed) are released after their expiry (unresolved = open,
+# a constraint of the table; the index hold_unresolved_expiry serves this).
 EXPIRED_HOLDS = """
 SELECT id FROM billing_hold
- WHERE state = 'open' AND expires_at < now()
+ WHERE resolved_at IS NULL AND expires_at < now()
  ORDER BY expires_at
  LIMIT %(limit)s
 """

@@ -165,11 +165,18 @@ class Hold(models.Model):
 
     class Meta:
         indexes = [
-            models.Index(fields=["expires_at"], condition=Q(state="open"), name="hold_open_expiry"),
+            # For the sweeper. Keyed on resolved_at, not state, on purpose: a predicate on state
+            # would make PostgreSQL answer the settle's `id = ... AND state = 'open'` from this
+            # index (a scan of every open hold) instead of the primary key.
+            models.Index(fields=["expires_at"], condition=Q(resolved_at__isnull=True), name="hold_unresolved_expiry"),
         ]
         constraints = [
             models.UniqueConstraint(fields=["request_id"], name="hold_request_id_unique"),
             models.CheckConstraint(condition=Q(amount__gte=0), name="hold_amount_gte_0"),
+            models.CheckConstraint(
+                condition=Q(state="open", resolved_at__isnull=True) | (~Q(state="open") & Q(resolved_at__isnull=False)),
+                name="hold_resolved_iff_not_open",
+            ),
             models.CheckConstraint(
                 condition=Q(settled_amount__isnull=True) | Q(settled_amount__lte=models.F("amount")),
                 name="hold_settled_lte_amount",

@@ -58,7 +58,10 @@ async def fetch_all(pool: AsyncConnectionPool, statement: str, params: dict) -> 
 
 async def reserve(pool: AsyncConnectionPool, account_id: int, items: list[dict]) -> list[int | None]:
     """Hold ids (None: the account cannot cover the request) for sql.RESERVE_MANY items."""
-    rows = await fetch_all(pool, sql.RESERVE_MANY, {"account_id": account_id, "rows": rows_json(items)})
+    if len(items) == 1:
+        rows = await fetch_all(pool, sql.RESERVE_ONE, items[0] | {"account_id": account_id})
+    else:
+        rows = await fetch_all(pool, sql.RESERVE_MANY, {"account_id": account_id, "rows": rows_json(items)})
     if not rows and len(items) > 1:
         raise RetryAlone  # the sum did not fit; some of them alone may
     holds = dict(rows)
@@ -67,7 +70,10 @@ async def reserve(pool: AsyncConnectionPool, account_id: int, items: list[dict])
 
 async def settle(pool: AsyncConnectionPool, account_id: int, items: list[dict]) -> list[Decimal | None]:
     """The usage rows' cost_usd (None: no pending row was left to finish) for sql.SETTLE_MANY items."""
-    costs = dict(await fetch_all(pool, sql.SETTLE_MANY, {"rows": rows_json(items)}))
+    if len(items) == 1:
+        costs = dict(await fetch_all(pool, sql.SETTLE_ONE, items[0]))
+    else:
+        costs = dict(await fetch_all(pool, sql.SETTLE_MANY, {"rows": rows_json(items)}))
     return [costs.get(item["request_id"]) for item in items]
 
 
