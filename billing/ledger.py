@@ -55,7 +55,9 @@ RESERVE = f"WITH {ONE_RESERVE}, {RESERVE_CTE} SELECT id FROM hold"
 # `req` has (hold_id, cost). Each hold still open is settled for its cost capped at its amount
 # (CONTRACT §3: a hold is settled for at most its amount); each account is updated once by the
 # sums; each charge gets a ledger entry whose balance_after is the running balance (entries of
-# one statement in hold order: the last one carries the account's new balance).
+# one statement in hold order: the last one carries the account's new balance). The `= ANY (ARRAY(
+# SELECT ...))` makes the holds' primary key the access path whatever the planner believes about
+# `req` or the table's size (a generic plan made on a young table once scanned every hold).
 SETTLE_CTE = """
 h AS (
     UPDATE billing_hold b
@@ -63,7 +65,7 @@ h AS (
            settled_amount = LEAST(req.cost, b.amount),
            resolved_at = now()
       FROM req
-     WHERE b.id = req.hold_id AND b.state = 'open'
+     WHERE b.id = ANY (ARRAY(SELECT hold_id FROM req)) AND b.id = req.hold_id AND b.state = 'open'
  RETURNING b.id, b.account_id, b.amount, b.settled_amount, b.request_id
 ), total AS (
     SELECT account_id, sum(amount) AS amount, sum(settled_amount) AS settled FROM h GROUP BY account_id

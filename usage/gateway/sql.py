@@ -127,7 +127,8 @@ WITH {req},
            billing_result = CASE WHEN COALESCE(h.settled_amount, 0) = 0 AND req.billing_result <> 'billed'
                                  THEN 'not_billed' ELSE req.billing_result END
       FROM req LEFT JOIN h ON h.request_id = req.request_id
-     WHERE u.request_id = req.request_id AND u.billing_result = 'pending'
+     WHERE u.request_id = ANY (ARRAY(SELECT request_id FROM req)) AND u.request_id = req.request_id
+       AND u.billing_result = 'pending'
  RETURNING u.request_id, u.cost_usd
 )
 SELECT request_id, cost_usd FROM usage
