@@ -571,3 +571,13 @@ def test_the_retry_goes_to_the_next_route(gateway):
         (first.pk, "gpt-5-primary", 500),
         (second.pk, "gpt-5-secondary", 200),
     ]
+
+
+def test_text_no_database_can_store_still_gets_its_row(gateway):
+    # JSON may carry a lone surrogate ("\ud800"), which no UTF-8 database text can hold.
+    body = b'{"model": "gpt-\\ud800x\\u0000", "messages": [{"role": "user", "content": "hi"}]}'
+    response = gateway.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+    row = rejected(gateway, response.headers["x-request-id"], 404, "model_unavailable", "model_not_found")
+    assert row.model_requested == "gpt-\ufffdx\ufffd"

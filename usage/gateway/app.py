@@ -127,8 +127,14 @@ class Ctx:
 
 
 def db_text(value: str, limit: int) -> str:
-    """Client text for a usage row: PostgreSQL text cannot hold NUL, and the row must be written."""
-    return value[:limit].replace("\x00", "\ufffd")
+    """Client text for a usage row, which must be written: PostgreSQL text holds neither NUL nor a
+    lone surrogate (JSON's "\\ud800"); both become U+FFFD."""
+    value = value[:limit].replace("\x00", "\ufffd")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
 
 
 def trace_id_from(traceparent: bytes | None) -> str:
