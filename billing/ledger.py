@@ -22,32 +22,41 @@ from decimal import Decimal
 
 # CTE fragments, composed into whole statements here and (with the usage rows) by the gateway.
 # Both work on a set of requests, a relation `req` defined before them: one row per request here,
-# several of one account at once when the gateway batches (usage/gateway/batch.py).
+# several (of one or more accounts) when the gateway batches (usage/gateway/batch.py).
+#
+# A statement that touches several accounts locks their rows in id order before it changes any
+# (`ACCOUNTS_LOCKED`, an InitPlan, so it runs first and whole): two statements can then never
+# wait for each other in a cycle, whatever accounts their batches share.
+ACCOUNTS_LOCKED = """ANY (ARRAY(
+           SELECT l.id FROM billing_account l WHERE l.id = ANY (ARRAY(SELECT account_id FROM {source}))
+            ORDER BY l.id FOR NO KEY UPDATE))"""
 
-# `req` has (api_key_id, request_id, amount, ttl_seconds); %(account_id)s is the account of all of
-# them. The account must cover their sum, or nothing is reserved.
-RESERVE_CTE = """
+# `req` has (account_id, api_key_id, request_id, amount, ttl_seconds). Each account must cover the
+# sum of its requests, or none of them is reserved.
+RESERVE_CTE = f"""
 want AS (
-    SELECT sum(amount) AS amount FROM req
+    SELECT account_id, sum(amount) AS amount FROM req GROUP BY account_id
 ), acc AS (
-    UPDATE billing_account
-       SET reserved = reserved + want.amount
+    UPDATE billing_account a
+       SET reserved = a.reserved + want.amount
       FROM want
-     WHERE id = %(account_id)s
-       AND status = 'active'
-       AND balance + credit_limit - reserved >= want.amount
- RETURNING billing_account.id
+     WHERE a.id = {ACCOUNTS_LOCKED.format(source="want")}
+       AND a.id = want.account_id
+       AND a.status = 'active'
+       AND a.balance + a.credit_limit - a.reserved >= want.amount
+ RETURNING a.id
 ), hold AS (
     INSERT INTO billing_hold (account_id, api_key_id, request_id, amount, state, created_at, expires_at)
     SELECT acc.id, req.api_key_id, req.request_id, req.amount, 'open', now(),
            now() + make_interval(secs => req.ttl_seconds)
-      FROM acc, req
+      FROM req JOIN acc ON acc.id = req.account_id
  RETURNING id, request_id
 )"""
 
 ONE_RESERVE = """req AS (
-    SELECT %(api_key_id)s::bigint AS api_key_id, %(request_id)s::text AS request_id,
-           %(amount)s::numeric AS amount, %(ttl_seconds)s::integer AS ttl_seconds
+    SELECT %(account_id)s::bigint AS account_id, %(api_key_id)s::bigint AS api_key_id,
+           %(request_id)s::text AS request_id, %(amount)s::numeric AS amount,
+           %(ttl_seconds)s::integer AS ttl_seconds
 )"""
 
 RESERVE = f"WITH {ONE_RESERVE}, {RESERVE_CTE} SELECT id FROM hold"
@@ -58,7 +67,7 @@ RESERVE = f"WITH {ONE_RESERVE}, {RESERVE_CTE} SELECT id FROM hold"
 # one statement in hold order: the last one carries the account's new balance). The `= ANY (ARRAY(
 # SELECT ...))` makes the holds' primary key the access path whatever the planner believes about
 # `req` or the table's size (a generic plan made on a young table once scanned every hold).
-SETTLE_CTE = """
+SETTLE_CTE = f"""
 h AS (
     UPDATE billing_hold b
        SET state = CASE WHEN LEAST(req.cost, b.amount) > 0 THEN 'settled' ELSE 'released' END,
@@ -74,7 +83,8 @@ h AS (
        SET reserved = a.reserved - total.amount,
            balance = a.balance - total.settled
       FROM total
-     WHERE a.id = total.account_id
+     WHERE a.id = {ACCOUNTS_LOCKED.format(source="total")}
+       AND a.id = total.account_id
  RETURNING a.id, a.balance
 ), entry AS (
     INSERT INTO billing_ledgerentry

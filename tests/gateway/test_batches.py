@@ -29,6 +29,7 @@ def reserve_items(key, count: int, amount: Decimal) -> list[dict]:
         {
             "request_id": f"req_{uuid.uuid4().hex}",
             "trace_id": uuid.uuid4().hex,
+            "account_id": key.account_id,
             "api_key_id": key.pk,
             "key_prefix": key.prefix,
             "endpoint": "/v1/chat/completions",
@@ -84,7 +85,7 @@ def test_a_batched_reserve_and_settle_keep_the_ledger_exact(transactional_db):
     account = AccountFactory(credit=Decimal("1"))
     key, _ = services.key_create(account=account, name="batch")
     items = reserve_items(key, 3, Decimal("0.1"))
-    holds = dict(run(sql.RESERVE_MANY, {"account_id": account.pk, "rows": rows_json(items)}))
+    holds = dict(run(sql.RESERVE_MANY, {"rows": rows_json(items)}))
     assert set(holds) == {item["request_id"] for item in items}
     account.refresh_from_db()
     assert account.reserved == Decimal("0.3")
@@ -121,11 +122,61 @@ def test_a_batch_the_account_cannot_cover_reserves_nothing(transactional_db):
     account = AccountFactory(credit=Decimal("0.25"))
     key, _ = services.key_create(account=account, name="batch")
     items = reserve_items(key, 3, Decimal("0.1"))
-    assert run(sql.RESERVE_MANY, {"account_id": account.pk, "rows": rows_json(items)}) == []
+    assert run(sql.RESERVE_MANY, {"rows": rows_json(items)}) == []
     account.refresh_from_db()
     assert account.reserved == 0
     assert not Hold.objects.filter(account=account).exists()
     assert not UsageRecord.objects.filter(api_key=key).exists()
+
+
+def test_one_batch_serves_several_accounts_each_on_its_own_credit(transactional_db):
+    rich, poor = AccountFactory(credit=Decimal("1")), AccountFactory(credit=Decimal("0.15"))
+    rich_key, _ = services.key_create(account=rich, name="rich")
+    poor_key, _ = services.key_create(account=poor, name="poor")
+    items = reserve_items(poor_key, 2, Decimal("0.1")) + reserve_items(rich_key, 2, Decimal("0.1"))
+    holds = dict(run(sql.RESERVE_MANY, {"rows": rows_json(items)}))
+    # The poor account cannot cover both of its requests, so neither is reserved by this statement
+    # (the gateway then retries them one by one); the rich one gets both.
+    assert set(holds) == {item["request_id"] for item in items[2:]}
+    assert Account.objects.get(pk=poor.pk).reserved == 0
+    settles = [settle_item(i["request_id"], holds[i["request_id"]], Decimal("0.03")) for i in items[2:]]
+    more = reserve_items(poor_key, 1, Decimal("0.1"))
+    holds |= dict(run(sql.RESERVE_MANY, {"rows": rows_json(more + reserve_items(rich_key, 1, Decimal("0.1")))}))
+    settles.append(settle_item(more[0]["request_id"], holds[more[0]["request_id"]], Decimal("0.02")))
+    finished = dict(run(sql.SETTLE_MANY, {"rows": rows_json(settles)}))
+    assert len(finished) == 3
+    assert_ledger(poor.pk, spent=Decimal("0.02"), credit=Decimal("0.15"))
+    rich_account = Account.objects.get(pk=rich.pk)
+    assert rich_account.balance == Decimal("0.94") == selectors.ledger_sum(account_id=rich.pk)
+    assert rich_account.reserved == Decimal("0.1")  # the second statement's rich hold is still open
+
+
+def test_concurrent_requests_of_many_accounts_share_statements_without_deadlock(gateway):
+    accounts = [AccountFactory(credit=Decimal("1")) for _ in range(12)]
+    secrets = [services.key_create(account=account, name="many")[1] for account in accounts]
+    gateway.upstream.script(delay_first_byte_ms=200, tokens={"prompt": 10, "completion": 8}, times=48)
+    state = gateway_app.state
+    before = dict(state.settles.sizes)
+
+    def call(index):
+        return httpx.post(
+            gateway.url + "/v1/chat/completions",
+            json={"model": "gpt-5", "messages": MSG, "max_tokens": 10},
+            headers={"Authorization": f"Bearer {secrets[index % 12]}"},
+            timeout=30,
+        )
+
+    with ThreadPoolExecutor(48) as pool:
+        responses = list(pool.map(call, range(48)))
+    assert [r.status_code for r in responses] == [200] * 48
+    assert any(count > before.get(size, 0) for size, count in state.settles.sizes.items() if size > 1)
+    each = cost_of(input_tokens=10, output_tokens=8)
+    for account in accounts:
+        assert_ledger(account.pk, spent=4 * each, credit=Decimal("1"))
+        running = Decimal("1")
+        for entry in LedgerEntry.objects.filter(account=account, kind="usage").order_by("id"):
+            running += entry.amount
+            assert entry.balance_after == running
 
 
 def test_concurrent_requests_of_one_account_share_statements_and_bill_exactly(gateway):

@@ -1,15 +1,17 @@
-"""Requests of one account that reach the ledger together share one statement.
+"""Requests that reach the ledger together share one statement.
 
-Every reserve and every settle locks its account's row until commit, and costs PostgreSQL a
-statement, a transaction and (for the settle) a WAL flush. A busy account's requests would queue
-on that row one statement at a time. Instead, per account, one reserve statement and one settle
-statement run at a time; requests arriving meanwhile wait (in the event loop, no connection held)
-and go together in the next one. Nothing waits for a batch to fill: a lone request is sent at once,
-so at low load this is exactly one statement per request, and under load the batches grow by
-themselves (group commit, as PostgreSQL does for WAL flushes).
+Every reserve and every settle costs PostgreSQL a statement, a transaction and (for the settle) a
+WAL flush, and locks its account's row until commit. Instead, per shard of accounts (account id
+modulo `shards`), one reserve statement and one settle statement run at a time in a process;
+requests arriving meanwhile wait (in the event loop, no connection held) and go together in the
+next one. Nothing waits for a batch to fill: a lone request is sent at once, so at low load this
+is exactly one statement per request, and under load batches grow by themselves (group commit, as
+PostgreSQL does for WAL flushes). A statement locks the accounts it touches in id order
+(billing/ledger.py), so batches of different processes that share accounts cannot deadlock.
 
-A batch is all-or-nothing in SQL. If it fails (the account cannot cover the sum of the reserves, a
-bad row) its requests are retried one by one, so one request never fails because of another.
+An account that cannot cover the sum of its requests in a reserve batch gets none of them from
+the statement; those requests are then retried one by one, so one request never fails because of
+another. A batch that fails outright (a bad row) is retried one by one too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from decimal import Decimal
@@ -30,7 +33,7 @@ log = logging.getLogger("openbili.gateway")
 
 MAX_BATCH = 64
 
-Run = Callable[[int, list[dict]], Awaitable[list[Any]]]
+Run = Callable[[list[dict]], Awaitable[list[Any]]]
 
 
 def rows_json(rows: list[dict]) -> str:
@@ -46,29 +49,27 @@ def _json_value(value: object) -> str:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-class RetryAlone(Exception):  # a signal, not an error
-    """The batch as a whole could not be done: retry its requests one by one."""
-
-
 async def fetch_all(pool: AsyncConnectionPool, statement: str, params: dict) -> list[tuple]:
     async with pool.connection() as conn:
         cursor = await conn.execute(statement, params)
         return await cursor.fetchall()
 
 
-async def reserve(pool: AsyncConnectionPool, account_id: int, items: list[dict]) -> list[int | None]:
+async def reserve(pool: AsyncConnectionPool, items: list[dict]) -> list[int | None]:
     """Hold ids (None: the account cannot cover the request) for sql.RESERVE_MANY items."""
     if len(items) == 1:
-        rows = await fetch_all(pool, sql.RESERVE_ONE, items[0] | {"account_id": account_id})
+        holds = dict(await fetch_all(pool, sql.RESERVE_ONE, items[0]))
     else:
-        rows = await fetch_all(pool, sql.RESERVE_MANY, {"account_id": account_id, "rows": rows_json(items)})
-    if not rows and len(items) > 1:
-        raise RetryAlone  # the sum did not fit; some of them alone may
-    holds = dict(rows)
-    return [holds.get(item["request_id"]) for item in items]
+        holds = dict(await fetch_all(pool, sql.RESERVE_MANY, {"rows": rows_json(items)}))
+    results = [holds.get(item["request_id"]) for item in items]
+    per_account = Counter(item["account_id"] for item in items)
+    for index, item in enumerate(items):
+        if results[index] is None and per_account[item["account_id"]] > 1:
+            results[index] = (await reserve(pool, [item]))[0]  # the sum did not fit; alone it may
+    return results
 
 
-async def settle(pool: AsyncConnectionPool, account_id: int, items: list[dict]) -> list[Decimal | None]:
+async def settle(pool: AsyncConnectionPool, items: list[dict]) -> list[Decimal | None]:
     """The usage rows' cost_usd (None: no pending row was left to finish) for sql.SETTLE_MANY items."""
     if len(items) == 1:
         costs = dict(await fetch_all(pool, sql.SETTLE_ONE, items[0]))
@@ -78,59 +79,59 @@ async def settle(pool: AsyncConnectionPool, account_id: int, items: list[dict]) 
 
 
 class Batcher:
-    """Runs `run(account_id, items)` for the items submitted per account, one call at a time per
-    account; `run` returns one result per item, in order."""
+    """Runs `run(items)` for the items submitted, one call at a time per shard of accounts; `run`
+    returns one result per item, in order."""
 
-    def __init__(self, run: Run, *, name: str) -> None:
+    def __init__(self, run: Run, *, name: str, shards: int = 1) -> None:
         self.run = run
         self.name = name
-        self.waiting: dict[int, list[tuple[dict, asyncio.Future]]] = {}  # account -> next batch
+        self.shards = max(1, shards)
+        self.waiting: dict[int, list[tuple[dict, asyncio.Future]]] = {}  # shard -> its next batch
         self.tasks: set[asyncio.Task] = set()
         self.sizes: dict[int, int] = {}  # batch size -> statements run (bench/ and tests)
 
     async def submit(self, account_id: int, item: dict) -> Any:
-        waiting = self.waiting.get(account_id)
-        if waiting is not None:  # a statement for this account is running: join the next one
+        shard = account_id % self.shards
+        waiting = self.waiting.get(shard)
+        if waiting is not None:  # a statement for this shard is running: join the next one
             future = asyncio.get_running_loop().create_future()
             waiting.append((item, future))
             return await future
-        self.waiting[account_id] = []
+        self.waiting[shard] = []
         try:
-            return (await self.run_batch(account_id, [item]))[0]
+            return (await self.run_batch([item]))[0]
         finally:
-            self.next_batch(account_id)
+            self.next_batch(shard)
 
-    async def run_batch(self, account_id: int, items: list[dict]) -> list[Any]:
+    async def run_batch(self, items: list[dict]) -> list[Any]:
         self.sizes[len(items)] = self.sizes.get(len(items), 0) + 1
         if len(items) == 1:
-            return await self.run(account_id, items)
+            return await self.run(items)
         try:
-            return await self.run(account_id, items)
-        except RetryAlone:
-            pass
+            return await self.run(items)
         except Exception:
             log.warning("%s batch of %d failed; retrying its requests one by one", self.name, len(items))
         results = []
         for item in items:
             try:
-                results.append((await self.run(account_id, [item]))[0])
+                results.append((await self.run([item]))[0])
             except Exception as exc:
                 results.append(exc)
         return results
 
-    def next_batch(self, account_id: int) -> None:
-        waiting = self.waiting[account_id]
+    def next_batch(self, shard: int) -> None:
+        waiting = self.waiting[shard]
         if not waiting:
-            del self.waiting[account_id]
+            del self.waiting[shard]
             return
-        batch, self.waiting[account_id] = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
-        task = asyncio.get_running_loop().create_task(self.serve(account_id, batch))
+        batch, self.waiting[shard] = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
+        task = asyncio.get_running_loop().create_task(self.serve(shard, batch))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def serve(self, account_id: int, batch: list[tuple[dict, asyncio.Future]]) -> None:
+    async def serve(self, shard: int, batch: list[tuple[dict, asyncio.Future]]) -> None:
         try:
-            results = await self.run_batch(account_id, [item for item, _ in batch])
+            results = await self.run_batch([item for item, _ in batch])
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():
@@ -146,7 +147,7 @@ class Batcher:
                 else:
                     future.set_result(result)
         finally:
-            self.next_batch(account_id)
+            self.next_batch(shard)
 
     async def drain(self) -> None:
         while self.tasks:

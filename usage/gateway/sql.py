@@ -70,9 +70,9 @@ PENDING_CONSTANTS = {
 }  # fmt: skip
 assert set(STARTING_COLUMNS) | set(PENDING_CONSTANTS) == set(COLUMNS)
 
-# Reserve the maximum cost of every request in %(rows)s (all of account %(account_id)s; RESERVE_ONE:
-# one request, its columns as parameters) and open their pending usage rows, or do nothing if the
-# account cannot cover them all. Returns (request_id, hold id) per request reserved.
+# Reserve the maximum cost of every request in %(rows)s (RESERVE_ONE: one request, its columns as
+# parameters) and open their pending usage rows; an account that cannot cover all of its requests
+# gets none of them. Returns (request_id, hold id) per request reserved.
 #
 # This one commit does not wait for its WAL flush (synchronous_commit off for this transaction
 # only): the settle that follows is a durable commit, and WAL is flushed in order, so once the
@@ -80,7 +80,7 @@ assert set(STARTING_COLUMNS) | set(PENDING_CONSTANTS) == set(COLUMNS)
 # reserve; the settle then finds no pending row and writes the row as not billed
 # (record_lost_reserve) — the customer is never charged without a hold. This halves the time the
 # account row stays locked per request and takes a disk flush off the time to first byte.
-RESERVE_COLUMNS = (*(c for c in STARTING_COLUMNS if c != "account_id"), "amount", "ttl_seconds")
+RESERVE_COLUMNS = (*STARTING_COLUMNS, "amount", "ttl_seconds")
 
 
 def _reserve(req: str) -> str:
@@ -89,7 +89,7 @@ WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true)),
 {req},
 {RESERVE_CTE}, usage AS (
     INSERT INTO usage_usagerecord ({", ".join(STARTING_COLUMNS)}, {", ".join(PENDING_CONSTANTS)}, hold_id)
-    SELECT {", ".join("%(account_id)s" if c == "account_id" else f"req.{c}" for c in STARTING_COLUMNS)},
+    SELECT {", ".join(f"req.{c}" for c in STARTING_COLUMNS)},
            {", ".join(PENDING_CONSTANTS.values())}, hold.id
       FROM req JOIN hold USING (request_id)
  RETURNING request_id

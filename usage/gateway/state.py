@@ -219,8 +219,10 @@ class GatewayState:
         )
         await self.pool.open()
         pool = self.pool
-        self.reserves = batch.Batcher(lambda account, items: batch.reserve(pool, account, items), name="reserve")
-        self.settles = batch.Batcher(lambda account, items: batch.settle(pool, account, items), name="settle")
+        # One reserve and one settle statement per shard of accounts in flight: half the pool each.
+        shards = max(1, pool.max_size // 2)
+        self.reserves = batch.Batcher(lambda items: batch.reserve(pool, items), name="reserve", shards=shards)
+        self.settles = batch.Batcher(lambda items: batch.settle(pool, items), name="settle", shards=shards)
         self.limiter = Limiter(settings.REDIS_URL)
         self.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300),
