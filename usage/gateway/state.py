@@ -204,9 +204,12 @@ class GatewayState:
         self.pool = AsyncConnectionPool(
             conninfo(),
             min_size=1,
-            # Small on purpose: requests of one account queue here, in the event loop, rather than
-            # as PostgreSQL backends waiting on the account's row lock (bench/README.md).
-            max_size=int(os.environ.get("OPENBILI_GATEWAY_DB_POOL", "4")),
+            # Small on purpose: requests queue here, in the event loop, and go to PostgreSQL in
+            # batches (batch.py: one reserve and one settle statement in flight per pair of
+            # connections), rather than as backends waiting on each other's row locks. 2 was best
+            # on the 2-core bench machine, for one account and for 32 (bench/README.md); a larger
+            # database server may take more.
+            max_size=int(os.environ.get("OPENBILI_GATEWAY_DB_POOL", "2")),
             # The pool runs only the gateway's point statements (batch.py, sql.py). A batch's rows
             # come from jsonb_to_recordset, which the planner always guesses at 100 rows, so on
             # small tables it would hash-join them against a sequential scan of the usage rows
