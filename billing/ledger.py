@@ -5,9 +5,9 @@ connection) and the gateway's request path (async psycopg pool) both execute the
 second copy of the money logic. Each is one statement, hence atomic without an explicit
 transaction, and safe under concurrency on PostgreSQL:
 
-- RESERVE takes the account row lock through its conditional UPDATE; a concurrent reserve waits,
-  then re-checks `available >= amount` against the committed row (READ COMMITTED re-evaluation),
-  so two requests can never reserve the same credit.
+- RESERVE first locks its account rows (in id order), waiting for any concurrent reserve or
+  settle of them; its conditional UPDATE then checks `available >= amount` against the latest
+  committed row (READ COMMITTED re-evaluation), so two requests can never reserve the same credit.
 - SETTLE flips the hold from `open` exactly once (a second settle, or a sweeper release racing
   it, finds no open hold and changes nothing), charges at most the held amount, and writes the
   usage ledger entry with the balance after it.
