@@ -75,6 +75,30 @@ def settle_item(request_id: str, hold_id: int, cost: Decimal, **tokens) -> dict:
     }
 
 
+def post_all(gateway, secrets: list[str], count: int) -> list[int]:
+    """`count` chat completions at once, key i mod len(secrets): their status codes."""
+
+    def call(index):
+        return httpx.post(
+            gateway.url + "/v1/chat/completions",
+            json={"model": "gpt-5", "messages": MSG, "max_tokens": 10},
+            headers={"Authorization": f"Bearer {secrets[index % len(secrets)]}"},
+            timeout=30,
+        ).status_code
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(call, range(count)))
+
+
+def assert_running_balance(account_id: int, credit: Decimal) -> None:
+    """Each usage entry's balance_after is the balance after it, in id order."""
+    running = credit
+    for entry in LedgerEntry.objects.filter(account_id=account_id, kind="usage").order_by("id"):
+        running += entry.amount
+        assert entry.balance_after == running
+    assert Account.objects.get(pk=account_id).balance == running
+
+
 def run(statement: str, params: dict) -> list[tuple]:
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
@@ -158,25 +182,12 @@ def test_concurrent_requests_of_many_accounts_share_statements_without_deadlock(
     state = gateway_app.state
     before = dict(state.settles.sizes)
 
-    def call(index):
-        return httpx.post(
-            gateway.url + "/v1/chat/completions",
-            json={"model": "gpt-5", "messages": MSG, "max_tokens": 10},
-            headers={"Authorization": f"Bearer {secrets[index % 12]}"},
-            timeout=30,
-        )
-
-    with ThreadPoolExecutor(48) as pool:
-        responses = list(pool.map(call, range(48)))
-    assert [r.status_code for r in responses] == [200] * 48
+    assert post_all(gateway, secrets, 48) == [200] * 48
     assert any(count > before.get(size, 0) for size, count in state.settles.sizes.items() if size > 1)
     each = cost_of(input_tokens=10, output_tokens=8)
     for account in accounts:
         assert_ledger(account.pk, spent=4 * each, credit=Decimal("1"))
-        running = Decimal("1")
-        for entry in LedgerEntry.objects.filter(account=account, kind="usage").order_by("id"):
-            running += entry.amount
-            assert entry.balance_after == running
+        assert_running_balance(account.pk, Decimal("1"))
 
 
 def test_concurrent_requests_of_one_account_share_statements_and_bill_exactly(gateway):
@@ -186,17 +197,7 @@ def test_concurrent_requests_of_one_account_share_statements_and_bill_exactly(ga
     state = gateway_app.state
     before = {name: dict(b.sizes) for name, b in (("reserve", state.reserves), ("settle", state.settles))}
 
-    def call(_):
-        return httpx.post(
-            gateway.url + "/v1/chat/completions",
-            json={"model": "gpt-5", "messages": MSG, "max_tokens": 10},
-            headers={"Authorization": f"Bearer {secret}"},
-            timeout=30,
-        )
-
-    with ThreadPoolExecutor(40) as pool:
-        responses = list(pool.map(call, range(40)))
-    assert [r.status_code for r in responses] == [200] * 40
+    assert post_all(gateway, [secret], 40) == [200] * 40
 
     batched = {
         name: {size: count - before[name].get(size, 0) for size, count in b.sizes.items() if size > 1}
@@ -209,12 +210,7 @@ def test_concurrent_requests_of_one_account_share_statements_and_bill_exactly(ga
         ("billed", cost_of(input_tokens=10, output_tokens=8))
     }
     assert_ledger(account.pk, spent=40 * cost_of(input_tokens=10, output_tokens=8), credit=Decimal("10"))
-    entries = list(LedgerEntry.objects.filter(account=account, kind="usage").order_by("id"))
-    running = Decimal("10")
-    for entry in entries:
-        running += entry.amount
-        assert entry.balance_after == running
-    assert Account.objects.get(pk=account.pk).balance == running
+    assert_running_balance(account.pk, Decimal("10"))
 
 
 def test_requests_the_account_cannot_cover_together_are_reserved_one_by_one(gateway):
@@ -225,16 +221,7 @@ def test_requests_the_account_cannot_cover_together_are_reserved_one_by_one(gate
     _, secret = services.key_create(account=account, name="tight")
     gateway.upstream.script(delay_first_byte_ms=300, tokens={"prompt": 10, "completion": 8}, times=20)
 
-    def call(_):
-        return httpx.post(
-            gateway.url + "/v1/chat/completions",
-            json=body,
-            headers={"Authorization": f"Bearer {secret}"},
-            timeout=30,
-        ).status_code
-
-    with ThreadPoolExecutor(20) as pool:
-        statuses = sorted(pool.map(call, range(20)))
+    statuses = sorted(post_all(gateway, [secret], 20))
     assert statuses == [200] * 5 + [402] * 15
     assert UsageRecord.objects.filter(api_key__account=account).count() == 20
     assert_ledger(account.pk, spent=5 * cost_of(input_tokens=10, output_tokens=8), credit=hold * 5)
