@@ -130,7 +130,7 @@ async def handle(state: GatewayState, ctx: Ctx, receive, send) -> None:
         max_output_tokens=(applied or model.max_output_tokens) * n,
     )
     assert state.reserves is not None
-    item = {column: row[column] for column in sql.RESERVE_COLUMNS[:-2]}
+    item = {column: row[column] for column in sql.STARTING_COLUMNS}
     hold_id = await state.reserves.submit(key.account_id, item | {"amount": hold_amount, "ttl_seconds": ttl})
     if hold_id is None:
         raise InsufficientBalance(
@@ -472,8 +472,9 @@ class Call:
         try:
             # Shielded: a client going away must not cancel the settle half-way through.
             assert self.state.settles is not None
-            item = {column: row[column] for column in sql.SETTLE_COLUMNS[3:]}
-            item |= {"request_id": row["request_id"], "hold_id": self.hold_id, "cost": cost}
+            item = {column: row[column] for column in sql.FINAL_COLUMNS}
+            item |= {"request_id": row["request_id"], "billing_result": row["billing_result"]}
+            item |= {"hold_id": self.hold_id, "cost": cost}
             charged = await asyncio.shield(self.state.settles.submit(row["account_id"], item))
             if charged is None:
                 await self.record_lost_reserve(row)
