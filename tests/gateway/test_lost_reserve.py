@@ -1,4 +1,4 @@
-"""The reserve commits without waiting for its WAL flush (sql.RESERVE_WITH_USAGE). If a database
+"""The reserve commits without waiting for its WAL flush (sql.RESERVE_MANY). If a database
 crash loses it while the request is in flight, the request still ends with exactly one usage row,
 not billed, and nothing is charged without a hold."""
 

@@ -486,7 +486,7 @@ class Call:
 
     async def record_lost_reserve(self, row: dict) -> None:
         """No pending row to finish: the sweeper already finished it (a request that outlived its
-        hold), or a database crash lost the reserve (see sql.RESERVE_WITH_USAGE). In the second
+        hold), or a database crash lost the reserve (see sql.RESERVE_MANY). In the second
         case write the row now, not billed: there is no hold to charge."""
         log.warning("request_id=%s settled no pending usage row", self.ctx.request_id)
         message = "Not billed: the request's credit reservation was lost (database restart during the request)."
