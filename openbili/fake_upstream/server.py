@@ -15,6 +15,7 @@ Endpoints (any path prefix is accepted, so ``/v1``, ``/openai/v1`` ... base URLs
 * ``GET  /files/{id}.png``                  the image behind ``response_format="url"`` (no auth)
 * ``POST /__fake__/script``, ``POST /__fake__/reset``, ``GET /__fake__/requests``,
   ``GET /__fake__/script``                  test control (no auth)
+* ``POST /__fake__/gate/{name}``             release the requests held at a scenario's ``gate``
 
 Token accounting (deterministic):
 
@@ -175,6 +176,9 @@ class Scenario:
     # timing / transport
     delay_first_byte_ms: float = 0
     hang: bool = False
+    # Hold the answer until the test opens this gate (FakeUpstream.open_gate or POST
+    # /__fake__/gate/{name}): lets a test make "every request is in flight" an event, not a delay.
+    gate: str | None = None
     cut_after_chunks: int | None = None
     chunk_delay_ms: float | None = None
     # content / usage
@@ -261,6 +265,8 @@ class UpstreamState:
         self._lock = threading.Lock()
         self._queue: list[Scenario] = []
         self._records: deque[dict[str, Any]] = deque(maxlen=max_records)
+        self._open_gates: set[str] = set()
+        self._waiting: dict[str, int] = {}
         self.default_pieces = _default_pieces(chunks)
 
     def set_chunks(self, chunks: int) -> None:
@@ -311,6 +317,30 @@ class UpstreamState:
         with self._lock:
             self._queue.clear()
             self._records.clear()
+            self._open_gates.clear()
+
+    # gates ----------------------------------------------------------------------------------------
+    def open_gate(self, name: str) -> None:
+        with self._lock:
+            self._open_gates.add(name)
+
+    def waiting_at(self, name: str) -> int:
+        """How many requests are held at a gate right now."""
+        with self._lock:
+            return self._waiting.get(name, 0)
+
+    async def wait_gate(self, name: str, request: web.Request) -> None:
+        with self._lock:
+            self._waiting[name] = self._waiting.get(name, 0) + 1
+        try:
+            while name not in self._open_gates and not self.stopping:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    return
+                await asyncio.sleep(0.01)
+        finally:
+            with self._lock:
+                self._waiting[name] -= 1
 
 
 def _default_pieces(chunks: int) -> list[str]:
@@ -1331,6 +1361,9 @@ async def _control(state: UpstreamState, request: web.Request) -> web.Response:
         return _json_response({"requests": state.requests})
     if action == "health":
         return _json_response({"ok": True})
+    if request.path.startswith("/__fake__/gate/") and request.method == "POST":
+        state.open_gate(action)
+        return _json_response({"opened": action})
     return _json_response({"error": f"unknown control endpoint {request.method} {request.path}"}, 404)
 
 
@@ -1438,6 +1471,8 @@ def _make_handler(state: UpstreamState):
 
         if scen is not None and scen.hang:
             return await _hang(state, request)
+        if scen is not None and scen.gate is not None:
+            await state.wait_gate(scen.gate, request)
         delay = state.latency_ms + (scen.delay_first_byte_ms if scen is not None else 0)
         if delay:
             await asyncio.sleep(delay / 1000)
@@ -1634,8 +1669,15 @@ class FakeUpstream:
         return self.state.add(scen)
 
     def reset(self) -> None:
-        """Forget queued scenarios and recorded requests."""
+        """Forget queued scenarios, recorded requests and opened gates."""
         self.state.reset()
+
+    def open_gate(self, name: str) -> None:
+        """Release every request held (and to be held) at the scenarios' gate ``name``."""
+        self.state.open_gate(name)
+
+    def waiting_at(self, name: str) -> int:
+        return self.state.waiting_at(name)
 
     def configure(self, *, latency_ms: float | None = None, chunks: int | None = None, chunk_delay_ms=None):
         if latency_ms is not None:

@@ -597,6 +597,27 @@ def test_scenarios_without_path_skip_models_probe(fake_upstream):
     assert fake_upstream.pending == []
 
 
+def test_gate_holds_answers_until_opened(fake_upstream):
+    import concurrent.futures
+
+    fake_upstream.script(gate="g", times=3)
+    client = oai(fake_upstream, timeout=10)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        calls = [pool.submit(client.chat.completions.create, model="m", messages=CHAT) for _ in range(3)]
+        deadline = time.monotonic() + 10
+        while fake_upstream.waiting_at("g") < 3:
+            assert time.monotonic() < deadline, "the requests never reached the gate"
+            time.sleep(0.01)
+        assert not any(call.done() for call in calls)  # held, not answered
+        urllib.request.urlopen(urllib.request.Request(fake_upstream.url + "/__fake__/gate/g", method="POST"))
+        assert all(call.result().choices for call in calls)
+    assert fake_upstream.waiting_at("g") == 0
+    fake_upstream.reset()  # closes the gate again
+    fake_upstream.script(gate="g")
+    with pytest.raises(openai.APITimeoutError):
+        oai(fake_upstream, timeout=0.3).chat.completions.create(model="m", messages=CHAT)
+
+
 async def test_http_control_endpoints(fake_upstream):
     base = fake_upstream.url + "/__fake__"
     async with aiohttp.ClientSession() as s:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from decimal import Decimal
 
 from billing import money, selectors
@@ -109,3 +111,12 @@ def assert_sdk_error(exc, *, status: int, code: str, param: str | None = None) -
     assert exc.code == code
     assert exc.body["code"] == code and exc.body["param"] == param
     return assert_error_body(exc.response, status=status, code=code, param=param)
+
+
+def wait_until(condition: Callable[[], bool], *, what: str, timeout: float = 60.0) -> None:
+    """Wait for an event (never for a duration): the timeout only bounds a test that would hang."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)

@@ -16,7 +16,7 @@ from django.db import connection
 from billing import selectors, services
 from billing.models import Account, Hold, LedgerEntry
 from tests.factories import AccountFactory
-from tests.gateway.support import MSG, assert_ledger, cost_of
+from tests.gateway.support import MSG, assert_ledger, cost_of, wait_until
 from usage.gateway import sql
 from usage.gateway.app import gateway as gateway_app
 from usage.gateway.batch import rows_json
@@ -219,10 +219,19 @@ def test_requests_the_account_cannot_cover_together_are_reserved_one_by_one(gate
     hold = Hold.objects.get(request_id=probe.headers["x-request-id"]).amount
     account = AccountFactory(credit=hold * 5)
     _, secret = services.key_create(account=account, name="tight")
-    gateway.upstream.script(delay_first_byte_ms=300, tokens={"prompt": 10, "completion": 8}, times=20)
+    # The upstream holds every answer until the test opens the gate, so no request can settle (and
+    # free part of its hold) before all 20 have been reserved or refused, however slow the machine.
+    gateway.upstream.script(gate="credit", tokens={"prompt": 10, "completion": 8}, times=20)
 
-    statuses = sorted(post_all(gateway, [secret], 20))
-    assert statuses == [200] * 5 + [402] * 15
+    with ThreadPoolExecutor(1) as pool:
+        statuses = pool.submit(post_all, gateway, [secret], 20)
+        rows = UsageRecord.objects.filter(api_key__account=account)
+        wait_until(lambda: rows.count() == 20, what="20 usage rows: the reserved pending and the refused")
+        assert rows.filter(billing_result="pending").count() == 5
+        assert gateway.upstream.waiting_at("credit") == 5
+        gateway.upstream.open_gate("credit")
+        assert sorted(statuses.result()) == [200] * 5 + [402] * 15
+
     assert UsageRecord.objects.filter(api_key__account=account).count() == 20
     assert_ledger(account.pk, spent=5 * cost_of(input_tokens=10, output_tokens=8), credit=hold * 5)
 

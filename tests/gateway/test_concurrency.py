@@ -13,7 +13,7 @@ from django.db import connection
 from billing import money, selectors, services
 from billing.models import Account, Hold
 from tests.factories import AccountFactory
-from tests.gateway.support import MSG, PRICES, assert_ledger, cost_of
+from tests.gateway.support import MSG, PRICES, assert_ledger, cost_of, wait_until
 from usage.models import UsageRecord
 
 REQUESTS = 100
@@ -28,8 +28,8 @@ def test_an_account_that_can_afford_ten_requests_gets_ten_out_of_a_hundred(gatew
     credit = hold * AFFORDABLE
     account = AccountFactory(credit=credit)
     key, secret = services.key_create(account=account, name="burst")
-    # an upstream slow enough that every request has reserved before the first one settles
-    gateway.upstream.script(delay_first_byte_ms=1500, tokens={"prompt": 10, "completion": 8}, times=AFFORDABLE)
+    # an upstream that holds every answer until all requests have been reserved or refused
+    gateway.upstream.script(gate="burst", tokens={"prompt": 10, "completion": 8}, times=AFFORDABLE)
 
     lowest = {"balance": credit, "available": credit}
     done = threading.Event()
@@ -59,7 +59,13 @@ def test_an_account_that_can_afford_ten_requests_gets_ten_out_of_a_hundred(gatew
     watcher.start()
     try:
         with ThreadPoolExecutor(max_workers=REQUESTS) as pool:
-            responses = list(pool.map(call, range(REQUESTS)))
+            futures = [pool.submit(call, i) for i in range(REQUESTS)]
+            wait_until(
+                lambda: UsageRecord.objects.filter(api_key=key).count() == REQUESTS,
+                what="every request reserved or refused",
+            )
+            gateway.upstream.open_gate("burst")
+            responses = [future.result() for future in futures]
     finally:
         done.set()
         watcher.join()
