@@ -13,7 +13,7 @@ from django.db import connection
 from billing import ledger, services
 from billing.models import Route
 from usage.gateway import sql
-from usage.gateway.providers import adapter_for
+from usage.gateway.providers import provider_for
 
 log = logging.getLogger("openbili.usage")
 
@@ -40,10 +40,10 @@ def requests_sweep(*, limit: int = 500) -> int:
 
 
 async def _probe_one(session: aiohttp.ClientSession, route: Route, secret: str) -> dict:
-    adapter = adapter_for(route.provider)
-    if adapter is None:
+    provider = provider_for(route.provider)
+    if provider is None:
         return {"ok": False, "error": f"provider '{route.provider}' is not supported yet"}
-    call = adapter.probe_call(
+    call = provider.probe_call(
         kind=route.model.kind, upstream_model=route.upstream_model, base_url=route.base_url, secret=secret
     )
     started = time.monotonic()

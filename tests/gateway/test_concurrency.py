@@ -14,6 +14,7 @@ from billing import money, selectors, services
 from billing.models import Account, Hold
 from tests.factories import AccountFactory
 from tests.gateway.support import MSG, PRICES, assert_ledger, cost_of, wait_until
+from usage.gateway.endpoints.base import TEMPLATE_TOKENS
 from usage.models import UsageRecord
 
 REQUESTS = 100
@@ -23,7 +24,7 @@ AFFORDABLE = 10
 def test_an_account_that_can_afford_ten_requests_gets_ten_out_of_a_hundred(gateway):
     # given a request whose maximum cost (the hold) is known exactly
     body = json.dumps({"model": "gpt-5", "messages": MSG, "max_tokens": 100}).encode()
-    hold = money.max_cost(PRICES, max_input_tokens=min(len(body), 400_000), max_output_tokens=100)
+    hold = money.max_cost(PRICES, max_input_tokens=len(body) + TEMPLATE_TOKENS, max_output_tokens=100)
     # and an account with credit for exactly ten of them
     credit = hold * AFFORDABLE
     account = AccountFactory(credit=credit)

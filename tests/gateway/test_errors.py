@@ -11,7 +11,7 @@ import openai
 import pytest
 from django.utils import timezone
 
-import usage.gateway.app
+import usage.gateway.context
 from billing import money, services
 from billing.models import CatalogModel, Route
 from tests.factories import AccountFactory, CatalogModelFactory, ProbeFactory, make_visible_model
@@ -217,7 +217,7 @@ def test_wrong_types_are_400_with_the_param(gateway, override, param):
 
 
 def test_body_over_the_limit_is_413(gateway, monkeypatch):
-    monkeypatch.setattr(usage.gateway.app, "MAX_BODY_BYTES", 1000)
+    monkeypatch.setattr(usage.gateway.context, "MAX_BODY_BYTES", 1000)
     big = [{"role": "user", "content": "word " * 400}]
     # declared by Content-Length (the SDK)
     with pytest.raises(openai.APIStatusError) as caught:

@@ -5,13 +5,13 @@ import threading
 
 from django.db import connection
 
-import usage.gateway.chat as chat
+import usage.gateway.lifecycle as lifecycle
 from tests.gateway.support import MSG, assert_ledger, cost_of
 from usage.services import requests_sweep
 
 
 def test_a_stream_longer_than_its_hold_ttl_is_billed(gateway, monkeypatch):
-    monkeypatch.setattr(chat, "hold_ttl", lambda model: 1)  # seconds: renewed every third of it
+    monkeypatch.setattr(lifecycle, "hold_ttl", lambda model: 1)  # seconds: renewed every third of it
     gateway.upstream.script(chunk_delay_ms=250, tokens={"prompt": 10, "completion": 8})  # ~2 s stream
     stop = threading.Event()
 

@@ -18,7 +18,8 @@ from django.conf import settings
 
 from billing import money, services
 from tests.factories import AccountFactory
-from tests.gateway.support import MSG, PRICES, assert_ledger
+from tests.gateway.support import MSG, PRICES, assert_ledger, wait_until
+from usage.gateway.endpoints.base import TEMPLATE_TOKENS
 from usage.models import UsageRecord
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,10 +59,11 @@ def second_gateway(gateway):
 
 def test_two_gateway_processes_share_one_ledger(gateway, second_gateway):
     body = json.dumps({"model": "gpt-5", "messages": MSG, "max_tokens": 100}).encode()
-    hold = money.max_cost(PRICES, max_input_tokens=len(body), max_output_tokens=100)
+    hold = money.max_cost(PRICES, max_input_tokens=len(body) + TEMPLATE_TOKENS, max_output_tokens=100)
     account = AccountFactory(credit=hold * 6)  # exactly six requests' worth
     _, secret = services.key_create(account=account, name="two-processes")
-    gateway.upstream.script(delay_first_byte_ms=800, tokens={"prompt": 10, "completion": 8}, times=6)
+    # held at the upstream until all 20 are reserved or refused: no settle frees credit meanwhile
+    gateway.upstream.script(gate="two", tokens={"prompt": 10, "completion": 8}, times=6)
     urls = [gateway.url, second_gateway] * 10  # 20 requests, alternating between the processes
 
     def call(url):
@@ -73,7 +75,11 @@ def test_two_gateway_processes_share_one_ledger(gateway, second_gateway):
         )
 
     with ThreadPoolExecutor(len(urls)) as pool:
-        statuses = sorted(response.status_code for response in pool.map(call, urls))
+        futures = [pool.submit(call, url) for url in urls]
+        rows = UsageRecord.objects.filter(api_key__account=account)
+        wait_until(lambda: rows.count() == 20, what="all 20 requests reserved or refused")
+        gateway.upstream.open_gate("two")
+        statuses = sorted(future.result().status_code for future in futures)
 
     assert statuses == [200] * 6 + [402] * 14
     rows = UsageRecord.objects.filter(api_key__account=account)

@@ -50,11 +50,18 @@ def openai_stream_error(error: OpenbiliError, *, request_id: str, trace_id: str)
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
+MAX_RETRY_AFTER = 3600  # an upstream's absurd Retry-After (inf, 1e300) is not passed on as is
+
+
 def retry_after_seconds(value: str | None, default: int = 1) -> int:
-    """Whole seconds, rounded up (CONTRACT §2.1); accepts a number of seconds, else the default."""
+    """Whole seconds, rounded up (CONTRACT §2.1), within [1, MAX_RETRY_AFTER]; accepts a number of
+    seconds, else (an HTTP date, garbage, nan) the default."""
     if not value:
         return default
     try:
-        return max(1, math.ceil(float(value)))
+        seconds = float(value)
     except ValueError:
         return default
+    if not math.isfinite(seconds):
+        return MAX_RETRY_AFTER if seconds > 0 else default
+    return min(max(1, math.ceil(seconds)), MAX_RETRY_AFTER)

@@ -1,13 +1,19 @@
-"""Upstream adapters by route provider. Anthropic and Gemini adapters arrive with their issue;
-until then their routes fail their probe and their models stay hidden (CONTRACT §4)."""
+"""Upstream providers by route provider: one module per upstream wire format (see base.py).
+
+Adding a provider is one module here (URL, auth, SSE framing, usage normalisation, errors, probe)
+plus, when its wire format is new, the translation pairs to the client formats (translate/).
+Gemini arrives with its issue; until then its routes fail their probe and their models stay
+hidden (CONTRACT §4).
+"""
 
 from __future__ import annotations
 
-from usage.gateway.providers.base import Adapter
-from usage.gateway.providers.openai import OpenAIAdapter
+from usage.gateway.providers.anthropic import AnthropicProvider
+from usage.gateway.providers.base import Provider
+from usage.gateway.providers.openai import OpenAIProvider
 
-ADAPTERS: dict[str, Adapter] = {"openai": OpenAIAdapter()}
+PROVIDERS: dict[str, Provider] = {provider.name: provider for provider in (OpenAIProvider(), AnthropicProvider())}
 
 
-def adapter_for(provider: str) -> Adapter | None:
-    return ADAPTERS.get(provider)
+def provider_for(name: str) -> Provider | None:
+    return PROVIDERS.get(name)

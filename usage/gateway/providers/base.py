@@ -1,24 +1,24 @@
-"""The upstream adapter interface: one adapter per upstream wire format.
+"""The provider interface: one module per UPSTREAM wire format.
 
-The request lifecycle (usage/gateway/lifecycle.py) never looks inside a provider's format. It asks
-the route's adapter to
-- `prepare` the upstream HTTP call from the client's request (translating formats if needed,
-  putting the upstream model name in, and asking for usage on streams),
-- `parse` a non-stream success into the bytes for the client and the normalised usage,
-- `stream_relay` a stream: an object fed upstream bytes that returns the bytes to forward and
-  tracks usage, output and completion,
-- map an upstream error (`error`) to the contract's error, with any usage it reported,
-- `probe` a route with the cheapest real request.
+A provider knows its upstream's wire format and nothing about the client: URL and auth, request
+encoding (the body it gets is already in its own wire format — the client's own body when the
+formats match, a translation otherwise, see usage/gateway/translate/), SSE framing, usage →
+`TokenUsage` normalisation, error mapping and the probe call. The request lifecycle
+(usage/gateway/lifecycle.py) never looks inside a provider's format, and a provider never builds a
+client-format body.
 
-Usage is normalised once, here (billing.money.TokenUsage): input tokens exclude cached reads and
-cache writes; OpenAI counts cached tokens inside prompt_tokens, Anthropic beside input_tokens.
-The client-facing formats are OpenAI Chat Completions (`chat`), OpenAI Responses (`responses`),
-OpenAI Images (`images`) and Anthropic Messages (`messages`); an adapter declares which it serves.
+Usage is normalised once, here (billing.money.TokenUsage): `input_tokens` exclude cached reads and
+cache writes. OpenAI counts cached tokens inside prompt_tokens; Anthropic reports
+cache_read_input_tokens and cache_creation_input_tokens beside input_tokens.
+
+Wire formats (`Provider.wire`, and an endpoint's `fmt`): "chat" (OpenAI Chat Completions) and
+"messages" (Anthropic Messages).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from billing.money import TokenUsage
 from openbili.core.errors import OpenbiliError
@@ -33,13 +33,13 @@ class UpstreamCall:
 
 
 @dataclass(slots=True)
-class UpstreamReply:
-    """A complete (non-stream) upstream success, ready for the client."""
+class Reply:
+    """A complete (non-stream) upstream success, parsed. The raw bytes go to the client untouched
+    when the formats match; `data` is what a translation works from."""
 
-    body: bytes
-    usage: TokenUsage | None
-    content_type: str = "application/json"
-    output_bytes: int | None = None  # size of the generated text, to estimate a missing usage
+    data: dict | None  # the JSON object (None when the body is not one)
+    usage: TokenUsage | None  # None: the upstream reported none (the lifecycle estimates it)
+    output_bytes: int = 0  # UTF-8 bytes of the generated text, to estimate a missing usage
 
 
 @dataclass(slots=True)
@@ -51,47 +51,77 @@ class UpstreamFailure:
     retryable: bool = False
 
 
-@dataclass
-class StreamRelay:
-    """Fed upstream stream bytes; returns what to forward to the client.
+@dataclass(slots=True)
+class Event:
+    """One upstream SSE event.
 
-    `final` holds the terminating event ([DONE], message_stop), kept back so the gateway can
-    settle the bill before the client sees the stream end.
+    `raw` is the event exactly as received, terminating blank line included: a pass-through relay
+    forwards it untouched. `data` is its parsed JSON payload (None for comments, keep-alives,
+    OpenAI's `[DONE]` and anything unparsable); `name` its `event:` field ("" when absent).
+    `final` marks the upstream's terminator (OpenAI `data: [DONE]`, Anthropic `message_stop`),
+    which the lifecycle holds back until the bill is settled. `hidden` marks an event a
+    pass-through relay forwards only when the client asked for usage (OpenAI's usage-only chunk,
+    which the gateway always requests).
     """
 
-    client_wants_usage: bool = False
-    usage: TokenUsage | None = None
-    output_events: int = 0
-    output_chars: int = 0
-    completed: bool = False
-    upstream_error: OpenbiliError | None = None
-    final: bytes = b""
-    _buffer: bytes = field(default=b"", repr=False)
+    raw: bytes
+    data: dict | None = None
+    name: str = ""
+    final: bool = False
+    hidden: bool = False
 
-    def feed(self, data: bytes) -> bytes:  # pragma: no cover - interface
+
+class StreamReader:
+    """Cuts an upstream stream into events and keeps score as they pass.
+
+    `feed(bytes)` returns the complete events in the bytes so far (a partial event waits in the
+    buffer for the next call) and updates: `usage` (the latest usage the upstream reported,
+    normalised), `output_events` (events that carried generated output), `output_chars` (UTF-8
+    bytes of generated text: content, reasoning, tool-call names and arguments — what a missing
+    usage is estimated from), `completed` (the terminator arrived) and `upstream_error` (an error
+    event inside a 200 stream; the lifecycle stops there, bills what was consumed and sends the
+    client an error event of its own format). The error event itself is not returned, nor
+    anything after it: the client must never see the upstream's error in the upstream's format.
+    """
+
+    def __init__(self) -> None:
+        self.usage: TokenUsage | None = None
+        self.output_events = 0
+        self.output_chars = 0
+        self.completed = False
+        self.upstream_error: OpenbiliError | None = None
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[Event]:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def error_event(self, error: OpenbiliError, *, request_id: str, trace_id: str) -> bytes:  # pragma: no cover
+
+class Provider:
+    name: str = ""  # the route's `provider` value
+    wire: str = ""  # the wire format of its request and response bodies: "chat" | "messages"
+
+    def call(self, body: dict, *, route, stream: bool, client_headers: Mapping[str, bytes]) -> UpstreamCall:
+        """The HTTP call for one attempt. `body` is this attempt's own copy, in `wire` format: set
+        the upstream model name (route.upstream_model), ask for usage on streams, add auth
+        (route.secret, route.base_url). `client_headers` (lower-case names) is for headers the
+        format defines for clients to choose, e.g. `anthropic-version`, `anthropic-beta`."""
         raise NotImplementedError
 
-
-class Adapter:
-    provider: str = ""
-    serves: frozenset[str] = frozenset()  # client formats this adapter can serve
-
-    def prepare(
-        self, *, fmt: str, body: dict, upstream_model: str, base_url: str, secret: str, stream: bool
-    ) -> UpstreamCall:
+    def reply(self, raw: bytes) -> Reply:
+        """Parse a non-stream 2xx body. Raises UpstreamError on a malformed body."""
         raise NotImplementedError
 
-    def parse(self, *, fmt: str, body: bytes) -> UpstreamReply:
+    def reader(self) -> StreamReader:
         raise NotImplementedError
 
-    def stream_relay(self, *, fmt: str, client_wants_usage: bool) -> StreamRelay:
-        raise NotImplementedError
-
-    def failure(self, *, status: int, body: bytes, headers) -> UpstreamFailure:
+    def failure(self, *, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamFailure:
+        """Map an upstream error response. Retryable: 5xx (and the provider's 'overloaded')."""
         raise NotImplementedError
 
     def probe_call(self, *, kind: str, upstream_model: str, base_url: str, secret: str) -> UpstreamCall:
+        """The cheapest real request that proves the route works."""
         raise NotImplementedError
+
+    def count_tokens_call(self, body: dict, *, route, client_headers: Mapping[str, bytes]) -> UpstreamCall | None:
+        """The upstream's own token counting for a Messages body, when it has one (else None)."""
+        return None

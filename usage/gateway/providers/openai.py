@@ -1,4 +1,5 @@
-"""OpenAI-compatible upstreams (OpenAI, Azure-style proxies, vLLM, the fake and demo upstream)."""
+"""OpenAI-compatible upstreams (OpenAI, Azure-style proxies, vLLM, the fake and demo upstream): the
+Chat Completions wire format."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import json
 
 from billing.money import TokenUsage
 from openbili.core.errors import InvalidRequest, OpenbiliError, RateLimited, RequestTooLarge, UpstreamError
-from usage.gateway.errors import openai_stream_error, retry_after_seconds
-from usage.gateway.providers.base import Adapter, StreamRelay, UpstreamCall, UpstreamFailure, UpstreamReply
+from usage.gateway.errors import retry_after_seconds
+from usage.gateway.providers.base import Event, Provider, Reply, StreamReader, UpstreamCall, UpstreamFailure
 
 _DATA = b"data:"
 _DONE = b"[DONE]"
@@ -50,90 +51,85 @@ def _text_bytes(data: dict, part: str = "delta") -> int:
     return size
 
 
-class OpenAIChatRelay(StreamRelay):
-    """Passes Chat Completions SSE through event by event.
+class OpenAIReader(StreamReader):
+    """Chat Completions SSE, event by event. The gateway always asks upstream for
+    `stream_options.include_usage`; the usage-only chunk (`"choices": []`) is marked hidden, for
+    the client to see only when it asked for it."""
 
-    The gateway always asks upstream for `stream_options.include_usage`; the usage-only chunk
-    (`"choices": []`) is forwarded only when the client asked for it.
-    """
-
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes) -> list[Event]:
         buffer = self._buffer + data
-        out = []
-        while True:
+        events = []
+        while self.upstream_error is None:
             end = buffer.find(b"\n\n")
             if end < 0:
                 break
-            event, buffer = buffer[: end + 2], buffer[end + 2 :]
-            forwarded = self._event(event)
-            if forwarded:
-                out.append(forwarded)
+            event = self._event(buffer[: end + 2])
+            buffer = buffer[end + 2 :]
+            if self.upstream_error is None:  # the error event itself is not forwarded
+                events.append(event)
         self._buffer = buffer
-        return b"".join(out)
+        return events
 
-    def _event(self, event: bytes) -> bytes:
-        payload = event.strip()
+    def _event(self, raw: bytes) -> Event:
+        payload = raw.strip()
         if not payload.startswith(_DATA):
-            return event  # comments / keep-alives pass through
+            return Event(raw)  # comments / keep-alives
         payload = payload[len(_DATA) :].strip()
         if payload == _DONE:
             self.completed = True
-            self.final = event
-            return b""
+            return Event(raw, final=True)
         try:
             chunk = json.loads(payload)
         except ValueError:
             chunk = None
-        if isinstance(chunk, dict):
-            if chunk.get("error") is not None:
-                error = chunk["error"]
-                message = str(error.get("message", "upstream stream error") if isinstance(error, dict) else error)
-                self.upstream_error = UpstreamError(message[:300], code="upstream_stream_interrupted")
-                return b""
-            usage = usage_from_openai(chunk.get("usage"))
-            if usage is not None:
-                self.usage = usage
-                if not chunk.get("choices"):
-                    return event if self.client_wants_usage else b""
-            # The estimate (if the upstream never reports usage) counts the generated text, not
-            # the JSON envelope around it, which is ~50 times larger than a one-word delta.
-            self.output_chars += _text_bytes(chunk)
-        else:
+        if not isinstance(chunk, dict):
             self.output_chars += len(payload)
+            self.output_events += 1
+            return Event(raw)
+        if chunk.get("error") is not None:
+            error = chunk["error"]
+            message = str(error.get("message", "upstream stream error") if isinstance(error, dict) else error)
+            self.upstream_error = UpstreamError(message[:300], code="upstream_stream_interrupted")
+            return Event(raw, chunk)
+        usage = usage_from_openai(chunk.get("usage"))
+        if usage is not None:
+            self.usage = usage
+            if not chunk.get("choices"):
+                return Event(raw, chunk, hidden=True)
+        # The estimate (if the upstream never reports usage) counts the generated text, not the
+        # JSON envelope around it, which is ~50 times larger than a one-word delta.
+        self.output_chars += _text_bytes(chunk)
         self.output_events += 1
-        return event
-
-    def error_event(self, error: OpenbiliError, *, request_id: str, trace_id: str) -> bytes:
-        return openai_stream_error(error, request_id=request_id, trace_id=trace_id)
+        return Event(raw, chunk)
 
 
-class OpenAIAdapter(Adapter):
-    provider = "openai"
-    serves = frozenset({"chat"})
+class OpenAIProvider(Provider):
+    name = "openai"
+    wire = "chat"
 
-    def prepare(self, *, fmt, body, upstream_model, base_url, secret, stream):
-        body["model"] = upstream_model
+    def call(self, body, *, route, stream, client_headers):
+        body["model"] = route.upstream_model
         if stream:
             options = body.get("stream_options")
             body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if secret:
-            headers["Authorization"] = f"Bearer {secret}"
-        return UpstreamCall("POST", base_url.rstrip("/") + "/chat/completions", headers, json.dumps(body).encode())
+        if route.secret:
+            headers["Authorization"] = f"Bearer {route.secret}"
+        return UpstreamCall(
+            "POST", route.base_url.rstrip("/") + "/chat/completions", headers, json.dumps(body).encode()
+        )
 
-    def parse(self, *, fmt, body):
+    def reply(self, raw):
         try:
-            data = json.loads(body)
+            data = json.loads(raw)
         except ValueError as exc:
             raise UpstreamError("the upstream returned a malformed response") from exc
         if not isinstance(data, dict):
-            return UpstreamReply(body=body, usage=None)
-        return UpstreamReply(
-            body=body, usage=usage_from_openai(data.get("usage")), output_bytes=_text_bytes(data, "message")
-        )
+            return Reply(data=None, usage=None, output_bytes=len(raw))
+        return Reply(data=data, usage=usage_from_openai(data.get("usage")), output_bytes=_text_bytes(data, "message"))
 
-    def stream_relay(self, *, fmt, client_wants_usage):
-        return OpenAIChatRelay(client_wants_usage=client_wants_usage)
+    def reader(self):
+        return OpenAIReader()
 
     def failure(self, *, status, body, headers):
         message, usage = _error_details(body)

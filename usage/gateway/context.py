@@ -1,0 +1,285 @@
+"""What every /v1 request shares, whatever its endpoint: ids and timings (Ctx), the usage row's
+starting values, reading the body, authenticating the key and resolving the model. The lifecycle
+(lifecycle.py) and the endpoints (endpoints/) build on this; it imports neither.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import uuid
+from datetime import UTC, datetime
+
+from openbili.core.errors import (
+    InvalidApiKey,
+    InvalidRequest,
+    ModelNotAllowed,
+    ModelNotFound,
+    ModelNotReady,
+    OpenbiliError,
+    RequestTooLarge,
+)
+from usage.gateway import sql
+from usage.gateway.state import GatewayState, KeyInfo, ModelInfo
+
+log = logging.getLogger("openbili.gateway")
+
+MAX_BODY_BYTES = int(os.environ.get("OPENBILI_MAX_BODY_BYTES", str(32 * 1024 * 1024)))
+JSON = b"application/json"
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+class NotFoundUrl(OpenbiliError):
+    status = 404
+    code = "unknown_url"
+    error_class = "invalid_request"
+    openai_type = "invalid_request_error"
+
+
+class MethodNotAllowed(OpenbiliError):
+    status = 405
+    code = "method_not_allowed"
+    error_class = "invalid_request"
+    openai_type = "invalid_request_error"
+
+
+class Ctx:
+    """One client request: ids, timings and the usage row's fields as they become known."""
+
+    __slots__ = (
+        "disconnected_at",
+        "endpoint",
+        "headers",
+        "key",
+        "request_id",
+        "response_started",
+        "row",
+        "row_written",
+        "started_at",
+        "trace_id",
+    )  # fmt: skip
+
+    def __init__(self, scope: dict) -> None:
+        self.headers = {name.decode("latin-1"): value for name, value in scope["headers"]}
+        self.request_id = "req_" + uuid.uuid4().hex
+        self.trace_id = trace_id_from(self.headers.get("traceparent"))
+        self.endpoint = db_text(scope["path"], 64)
+        self.started_at = now_utc()
+        self.key: KeyInfo | None = None
+        self.row: dict | None = None
+        self.response_started = False
+        self.row_written = False
+        self.disconnected_at: datetime | None = None
+
+    def id_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"x-request-id", self.request_id.encode()), (b"x-trace-id", self.trace_id.encode())]
+
+    def new_row(self, *, model: str = "", stream: bool = False) -> dict:
+        """The usage row with every column at its starting value (see sql.COLUMNS)."""
+        key = self.key
+        assert key is not None
+        self.row = {
+            "request_id": self.request_id,
+            "trace_id": self.trace_id,
+            "account_id": key.account_id,
+            "api_key_id": key.id,
+            "key_prefix": key.prefix,
+            "endpoint": self.endpoint,
+            "model_requested": db_text(model, 100),
+            "route_id": None,
+            "provider": "",
+            "upstream_model": "",
+            "stream": stream,
+            "status": None,
+            "error_class": "",
+            "error_code": "",
+            "error_message": "",
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "cached_input_tokens": 0,
+            "cache_write_tokens": 0,
+            "reasoning_tokens": 0,
+            "image_count": 0,
+            "tokens_estimated": False,
+            "max_tokens_requested": None,
+            "max_tokens_applied": None,
+            "cost_usd": 0,
+            "billing_result": "pending",
+            "price_snapshot_id": None,
+            "output_reached_client": False,
+            "client_disconnected_at": None,
+            "started_at": self.started_at,
+            "first_byte_at": None,
+            "finished_at": None,
+            "attempts": "[]",
+            "user_agent": self.headers.get("user-agent", b"").decode("latin-1")[:200],
+        }
+        return self.row
+
+
+def db_text(value: str, limit: int) -> str:
+    """Client text for a usage row, which must be written: PostgreSQL text holds neither NUL nor a
+    lone surrogate (JSON's "\\ud800"); both become U+FFFD."""
+    value = value[:limit].replace("\x00", "\ufffd")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
+
+
+def trace_id_from(traceparent: bytes | None) -> str:
+    """Honour a W3C traceparent (`00-<32 hex trace id>-<16 hex>-<2 hex>`), else start a trace."""
+    if traceparent:
+        parts = traceparent.decode("latin-1").strip().split("-")
+        if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
+            try:
+                int(parts[1], 16)
+                return "trace_" + parts[1].lower()
+            except ValueError:
+                pass
+    return "trace_" + secrets.token_hex(16)
+
+
+# --- responses -----------------------------------------------------------------------------------
+
+
+async def send_bytes(
+    send,
+    ctx: Ctx,
+    status: int,
+    body: bytes,
+    *,
+    content_type: bytes = JSON,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *ctx.id_headers()]
+    if extra:
+        headers.extend(extra)
+    ctx.response_started = True
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def error_headers(ctx: Ctx, error: OpenbiliError) -> list[tuple[bytes, bytes]]:
+    """429s carry Retry-After and OpenAI's x-ratelimit-* triples (CONTRACT §2.1)."""
+    if error.status != 429:
+        return []
+    retry_after = error.retry_after or 1
+    limits = getattr(error, "limits", {})
+    key = ctx.key
+    headers = [(b"retry-after", str(retry_after).encode())]
+    for what, configured in (("requests", key.rpm_limit if key else None), ("tokens", key.tpm_limit if key else None)):
+        limit, remaining, reset = limits.get(what, (configured or 0, 0, retry_after))
+        headers += [
+            (b"x-ratelimit-limit-" + what.encode(), str(limit).encode()),
+            (b"x-ratelimit-remaining-" + what.encode(), str(remaining).encode()),
+            (b"x-ratelimit-reset-" + what.encode(), f"{reset}s".encode()),
+        ]
+    return headers
+
+
+async def send_error(send, ctx: Ctx, error: OpenbiliError, body: bytes) -> None:
+    """An error answer; `body` is the error in the endpoint's own format."""
+    await send_bytes(send, ctx, error.status, body, extra=error_headers(ctx, error))
+
+
+# --- the pieces every endpoint shares -------------------------------------------------------------
+
+
+def presented_key(ctx: Ctx) -> str:
+    auth = ctx.headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer":
+            return token.strip()
+        return ""
+    api_key = ctx.headers.get("x-api-key")
+    return api_key.decode("latin-1").strip() if api_key else ""
+
+
+async def authenticate(state: GatewayState, ctx: Ctx) -> KeyInfo:
+    """The key behind the request. A known but unusable key still gets a usage row (CONTRACT §3)."""
+    key = await state.key(presented_key(ctx))
+    if key is None:
+        raise InvalidApiKey()
+    ctx.key = key
+    if not key.usable(ctx.started_at):
+        raise InvalidApiKey("This API key is disabled or expired.")
+    return key
+
+
+async def read_body(ctx: Ctx, receive) -> bytes:
+    declared = ctx.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise RequestTooLarge(f"The request body exceeds {MAX_BODY_BYTES} bytes.")
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise RequestTooLarge(f"The request body exceeds {MAX_BODY_BYTES} bytes.")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+class ClientGone(Exception):
+    """The client went away before we answered."""
+
+
+def parse_json_object(body: bytes) -> dict:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return data
+
+
+def resolve_model(catalog: dict[str, ModelInfo], key: KeyInfo, name: str) -> ModelInfo:
+    model = catalog.get(name)
+    if model is None:
+        raise ModelNotFound(f"The model '{name[:100]}' does not exist.", param="model")
+    if not key.allows(name):
+        raise ModelNotAllowed(f"This API key may not use the model '{name}'.", param="model")
+    if not model.visible:
+        raise ModelNotReady(f"The model '{name}' is not available right now.", param="model")
+    return model
+
+
+async def write_rejection(state: GatewayState, ctx: Ctx, error: OpenbiliError) -> None:
+    """The one usage row of a request refused before anything billable happened."""
+    row = ctx.row or ctx.new_row()
+    row.update(
+        status=error.status,
+        error_class=error.error_class,
+        error_code=error.code,
+        error_message=db_text(error.message, 500),
+        billing_result="not_billed",
+        cost_usd=0,
+        finished_at=now_utc(),
+    )
+    await execute(state, sql.INSERT_USAGE, row)
+    ctx.row_written = True
+
+
+async def execute(state: GatewayState, statement: str, params: dict) -> tuple | None:
+    assert state.pool is not None
+    async with state.pool.connection() as conn:
+        cursor = await conn.execute(statement, params)
+        return await cursor.fetchone() if cursor.description else None
+
+
+def dumps(data: object) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()

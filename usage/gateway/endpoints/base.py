@@ -1,0 +1,99 @@
+"""The endpoint interface: one module per CLIENT wire format.
+
+An endpoint owns what its format says and nothing else: request validation and the fields to
+clamp, whether the client asked for usage on a stream, the bound on the request's maximum cost,
+the error body, the stream's events, error event and terminator. The lifecycle
+(usage/gateway/lifecycle.py) runs every endpoint the same way and never builds client JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from openbili.core.errors import InvalidRequest, OpenbiliError
+from usage.gateway.state import ModelInfo
+
+# The row's integer columns hold at most 2**31 - 1; a huge max_tokens is clamped, never rejected.
+MAX_RECORDED_TOKENS = 2**31 - 1
+
+# Tokens an upstream may count beyond the request's own bytes: chat templates, role markers and
+# the tool-use system prompt Anthropic adds when tools are present (346 tokens). A text token
+# covers at least one byte of the JSON that carries it, so bytes + this bound the text input.
+TEMPLATE_TOKENS = 1024
+
+# An image costs at most this many input tokens whatever its size, because every provider resizes
+# before counting: OpenAI high detail tops out at 765 (4 tiles + 85), its patch models at 1,536,
+# Anthropic at ~1,600 (1.15 megapixels / 750). A URL costs a few bytes and a data URL's bytes need
+# not cover its tokens, so each image adds this on top of the request's bytes.
+IMAGE_TOKENS = 2048
+
+
+@dataclass(slots=True)
+class Parsed:
+    """What the lifecycle needs to know of a valid request."""
+
+    model: str
+    stream: bool
+    max_tokens: int | None  # requested by the client (None: not given)
+    wants_usage: bool  # the client asked for usage in the stream (Messages: always)
+    choices: int = 1  # Chat `n`: output is bounded per choice
+    images: int = 0  # image parts (each adds IMAGE_TOKENS to the input bound)
+    unbounded_input: bool = False  # content fetched by URL of unknown size (a PDF): bound by the context
+
+
+def positive_int(body: dict, name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequest(f"'{name}' must be a positive integer.", param=name)
+    return value
+
+
+def stream_flag(body: dict) -> bool:
+    stream = body.get("stream", False)
+    if stream is None:
+        return False
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean.", param="stream")
+    return stream
+
+
+def model_name(body: dict) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' is required and must be a string.", param="model")
+    return model
+
+
+class Endpoint:
+    fmt: str = ""  # the client wire format: "chat" | "messages"
+    path: str = ""
+    terminator: bytes = b""  # the stream's last event, sent once the bill is settled
+
+    def validate(self, body: dict) -> Parsed:
+        raise NotImplementedError
+
+    def clamp(self, body: dict, parsed: Parsed, model: ModelInfo) -> int | None:
+        """Clamp the output limit fields to the model's (never reject); the applied value."""
+        raise NotImplementedError
+
+    def input_bound(self, raw: bytes, parsed: Parsed, model: ModelInfo) -> int:
+        """The most input tokens this request can be billed for."""
+        if parsed.unbounded_input:
+            return model.context_window
+        return min(len(raw) + TEMPLATE_TOKENS + IMAGE_TOKENS * parsed.images, model.context_window)
+
+    def output_bound(self, parsed: Parsed, applied: int | None, model: ModelInfo) -> int:
+        return (applied or model.max_output_tokens) * parsed.choices
+
+    def error_body(self, error: OpenbiliError, *, request_id: str, trace_id: str) -> bytes:
+        raise NotImplementedError
+
+    def stream_error(self, error: OpenbiliError, *, request_id: str, trace_id: str) -> bytes:
+        """The event that ends a failed stream (never followed by the terminator)."""
+        raise NotImplementedError
+
+    def encode(self, event: dict) -> bytes:
+        """One translated stream event for the wire."""
+        raise NotImplementedError

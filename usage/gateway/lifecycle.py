@@ -1,0 +1,669 @@
+"""THE request lifecycle (CONTRACT §2.2), written once for every endpoint.
+
+authenticate → read and parse the body → validate (the endpoint) → resolve the model (existence,
+scope, visibility) → freeze the price snapshot → rate-limit admit → clamp max tokens → reserve the
+maximum cost with the pending usage row (402 if it cannot be covered; upstream never called) →
+attempts (retry once on connect error, timeout or 5xx before any byte reached the client, to the
+same or the next route) → relay → settle the actual cost and finish the usage row in one statement.
+
+The endpoint (endpoints/) owns the client's format, the provider (providers/) the upstream's;
+when they differ a translation (translate/) joins them, built per attempt from the client's body,
+and when they match the upstream's bytes pass through untouched. Nothing here builds JSON of
+either format.
+
+A hold never outlives an exception: once the reserve has succeeded, whatever raises (a bug, a
+translation error, a cancelled task, an absurd upstream header) the request is settled or
+released and its row finished before the handler returns (`Call.run`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+
+import aiohttp
+
+from billing import ledger, money
+from openbili.core.errors import (
+    InsufficientBalance,
+    ModelNotReady,
+    OpenbiliError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from usage.gateway import sql
+from usage.gateway.context import (
+    JSON,
+    ClientGone,
+    Ctx,
+    authenticate,
+    db_text,
+    error_headers,
+    execute,
+    now_utc,
+    parse_json_object,
+    read_body,
+    resolve_model,
+    send_error,
+    write_rejection,
+)
+from usage.gateway.endpoints.base import MAX_RECORDED_TOKENS, Endpoint, Parsed
+from usage.gateway.providers import provider_for
+from usage.gateway.providers.base import Provider, StreamReader, UpstreamFailure
+from usage.gateway.state import GatewayState, ModelInfo, RouteInfo
+from usage.gateway.translate import Translation, translation_for
+
+log = logging.getLogger("openbili.gateway")
+
+CONNECT_TIMEOUT = 10.0
+STREAM_INTERRUPTED = "stream_interrupted"
+
+# Settles of requests whose handler was cancelled while their reserve was in flight (see reserve()).
+_orphans: set[asyncio.Task] = set()
+
+
+class UpstreamOutcome(Exception):
+    """An attempt that failed before any byte reached the client."""
+
+    def __init__(self, failure: UpstreamFailure) -> None:
+        self.failure = failure
+
+
+def estimate_tokens(byte_count: int) -> int:
+    """Rough tokens for bytes we saw but the upstream did not count (about 4 bytes a token)."""
+    return math.ceil(byte_count / 4)
+
+
+def hold_ttl(model: ModelInfo) -> int:
+    # Long enough for the slowest legitimate request (route timeout, plus a retry), so that the
+    # sweeper only ever releases holds whose request really died.
+    slowest = max((route.timeout for route in model.routes), default=600.0)
+    return int(slowest * 2 + 60)
+
+
+# --- before the reserve ---------------------------------------------------------------------------
+
+
+async def serve(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receive, send) -> None:
+    """One request of `endpoint`, start to finish. Never raises (a cancellation aside)."""
+    try:
+        call = await admit(state, ctx, endpoint, receive, send)
+    except OpenbiliError as error:
+        await reject(state, ctx, endpoint, send, error)
+        return
+    except ClientGone:
+        log.info("request_id=%s client went away before the request was read", ctx.request_id)
+        return
+    except Exception:
+        log.exception("request_id=%s trace_id=%s unexpected error", ctx.request_id, ctx.trace_id)
+        await reject(state, ctx, endpoint, send, OpenbiliError())
+        return
+    await call.run()
+
+
+async def reject(state: GatewayState, ctx: Ctx, endpoint: Endpoint, send, error: OpenbiliError) -> None:
+    """A request refused before anything billable happened: its one row (if the key is known) and
+    the error in the endpoint's format."""
+    if ctx.key is not None and not ctx.row_written:
+        try:
+            await write_rejection(state, ctx, error)
+        except Exception:
+            log.exception("request_id=%s usage row could not be written", ctx.request_id)
+    elif ctx.key is None:
+        log.info("request_id=%s trace_id=%s rejected %s %s", ctx.request_id, ctx.trace_id, error.status, error.code)
+    if not ctx.response_started:
+        body = endpoint.error_body(error, request_id=ctx.request_id, trace_id=ctx.trace_id)
+        await send_error(send, ctx, error, body)
+
+
+async def admit(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receive, send) -> Call:
+    key = await authenticate(state, ctx)
+    raw = await read_body(ctx, receive)
+    row = ctx.new_row()
+    body = parse_json_object(raw)
+    parsed = endpoint.validate(body)
+    recorded = None if parsed.max_tokens is None else min(parsed.max_tokens, MAX_RECORDED_TOKENS)
+    row.update(model_requested=db_text(parsed.model, 100), stream=parsed.stream, max_tokens_requested=recorded)
+    model = resolve_model(await state.catalog(), key, parsed.model)
+    price = model.price_at(ctx.started_at)
+    if price is None:
+        raise ModelNotReady(f"The model '{parsed.model}' has no price yet.", param="model")
+    assert state.limiter is not None
+    await state.limiter.admit(key)
+    applied = endpoint.clamp(body, parsed, model)
+    row.update(max_tokens_applied=applied, price_snapshot_id=price.snapshot_id)
+    ttl = hold_ttl(model)
+    hold_amount = money.max_cost(
+        price.prices,
+        max_input_tokens=endpoint.input_bound(raw, parsed, model),
+        max_output_tokens=endpoint.output_bound(parsed, applied, model),
+    )
+    call = Call(state, ctx, endpoint, send, receive, model, price.prices, body, raw, parsed, ttl=ttl)
+    hold_id = await call.reserve(hold_amount)
+    if hold_id is None:
+        raise InsufficientBalance(
+            f"This request may cost up to ${hold_amount.normalize():f}, more than the account's available credit."
+        )
+    return call
+
+
+# --- after the reserve ----------------------------------------------------------------------------
+
+
+class Call:
+    """One reserved request talking to upstream, until its hold is settled."""
+
+    def __init__(self, state, ctx, endpoint, send, receive, model, prices, body, raw, parsed, *, ttl):
+        self.state: GatewayState = state
+        self.ctx: Ctx = ctx
+        self.endpoint: Endpoint = endpoint
+        self.send = send
+        self.receive = receive
+        self.model: ModelInfo = model
+        self.prices: money.Prices = prices
+        self.body: dict = body  # the client's request, clamped; never changed by an attempt
+        self.raw: bytes = raw
+        self.parsed: Parsed = parsed
+        self.stream: bool = parsed.stream
+        self.hold_id: int | None = None
+        self.ttl = ttl
+        self.renew_at = time.monotonic() + ttl / 3  # a stream outliving this renews its hold
+        self.attempts: list[dict] = []
+        self.route: RouteInfo | None = None
+        self.provider: Provider | None = None
+        self.translation: Translation | None = None
+        self.response: aiohttp.ClientResponse | None = None
+        self.reader: StreamReader | None = None
+        self.settled = False
+
+    async def reserve(self, amount) -> int | None:
+        """The hold's id (None: the account cannot cover `amount`), with the pending usage row."""
+        ctx, row = self.ctx, self.ctx.row
+        assert self.state.reserves is not None and row is not None
+        item = {column: row[column] for column in sql.STARTING_COLUMNS}
+        task = asyncio.ensure_future(
+            self.state.reserves.submit(row["account_id"], item | {"amount": amount, "ttl_seconds": self.ttl})
+        )
+        try:
+            self.hold_id = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # Cancelled while the reserve was in flight: it may still land. Release it then, so
+            # that it does not wait for the sweeper.
+            task.add_done_callback(self._release_orphan)
+            raise
+        ctx.row_written = self.hold_id is not None
+        return self.hold_id
+
+    def _release_orphan(self, task: asyncio.Future) -> None:
+        if task.cancelled() or task.exception() is not None or task.result() is None:
+            return
+        self.hold_id = task.result()
+        self.ctx.row_written = True
+        failure = UpstreamFailure(OpenbiliError("The request was cancelled before it reached the upstream."))
+        orphan = asyncio.get_running_loop().create_task(self.finish_failed(failure))
+        _orphans.add(orphan)
+        orphan.add_done_callback(_orphans.discard)
+
+    async def run(self) -> None:
+        watcher = asyncio.create_task(self.watch_disconnect())
+        try:
+            response = await self.connect()
+            self.response = response
+            if self.stream:
+                await self.relay_stream(response)
+            else:
+                await self.relay_whole(response)
+        except UpstreamOutcome as outcome:
+            await self.finish_failed(outcome.failure)
+        except OpenbiliError as error:  # e.g. a request the translation cannot carry: 400
+            await self.finish_failed(UpstreamFailure(error))
+        except asyncio.CancelledError:
+            await self.finish_failed(UpstreamFailure(UpstreamError("The request was cancelled.")))
+            raise
+        except Exception:
+            log.exception("request_id=%s trace_id=%s unexpected error", self.ctx.request_id, self.ctx.trace_id)
+            await self.finish_failed(UpstreamFailure(OpenbiliError()))
+        finally:
+            watcher.cancel()
+            if self.response is not None:
+                self.response.release()
+            if not self.settled:  # only a failure inside finish_failed itself gets here
+                await self.settle(
+                    money.TokenUsage(), billing_result="not_billed", status=500, error=("platform_error", "unfinished")
+                )
+
+    # -- upstream attempts ------------------------------------------------------------------
+
+    def route_for(self, attempt: int) -> RouteInfo:
+        routes = self.model.routes
+        return routes[min(attempt, len(routes) - 1)]  # the retry goes to the next route if any
+
+    async def connect(self) -> aiohttp.ClientResponse:
+        """Send to upstream; retry once on connect error, timeout or 5xx. Returns a 2xx response."""
+        failure: UpstreamFailure | None = None
+        for attempt in range(2):
+            route = self.route_for(attempt)
+            self.route = route
+            provider = provider_for(route.provider)
+            translation = translation_for(self.endpoint.fmt, provider.wire) if provider else None
+            if provider is None or (translation is None and provider.wire != self.endpoint.fmt):
+                failure = UpstreamFailure(
+                    UpstreamUnavailable(f"Provider '{route.provider}' cannot serve {self.endpoint.path} yet.")
+                )
+                self.record(route, None, failure.error.code, time.monotonic())
+                continue
+            self.provider, self.translation = provider, translation
+            # Each attempt starts from the client's body: a translation builds a new one, a
+            # pass-through provider only sets top-level keys on its shallow copy.
+            if translation is None:
+                upstream_body = dict(self.body)
+            else:
+                upstream_body = translation.request(self.body, max_output_tokens=self.model.max_output_tokens)
+            call = provider.call(upstream_body, route=route, stream=self.stream, client_headers=self.ctx.headers)
+            started = time.monotonic()
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=route.timeout)
+            assert self.state.http is not None
+            try:
+                response = await self.state.http.request(
+                    call.method, call.url, headers=call.headers, data=call.body, timeout=timeout
+                )
+            except TimeoutError:
+                failure = UpstreamFailure(UpstreamTimeout(), retryable=True)
+            except aiohttp.ClientError as exc:
+                failure = UpstreamFailure(
+                    UpstreamUnavailable(f"Could not reach the upstream ({type(exc).__name__})."), retryable=True
+                )
+            else:
+                if response.status < 300:
+                    if not self.stream:
+                        # Read the whole answer inside the attempt: a body cut short has not reached
+                        # the client yet, so it is retried like a timeout (relay_whole reuses the bytes).
+                        try:
+                            await response.read()
+                        except (TimeoutError, aiohttp.ClientError):
+                            response.release()
+                            failure = UpstreamFailure(
+                                UpstreamTimeout("The upstream stopped answering."), retryable=True
+                            )
+                            self.record(route, response.status, failure.error.code, started)
+                            continue
+                    self.record(route, response.status, "", started)
+                    return response
+                try:
+                    error_body = await response.read()
+                except (TimeoutError, aiohttp.ClientError):
+                    error_body = b""
+                finally:
+                    response.release()
+                failure = provider.failure(status=response.status, body=error_body, headers=response.headers)
+                self.record(route, response.status, failure.error.code, started)
+                if not failure.retryable:
+                    raise UpstreamOutcome(failure)
+                continue
+            self.record(route, None, failure.error.code, started)
+        assert failure is not None
+        raise UpstreamOutcome(failure)
+
+    def record(self, route: RouteInfo, status: int | None, error: str, started: float) -> None:
+        self.attempts.append(
+            {
+                "attempt": len(self.attempts) + 1,
+                "route_id": route.id,
+                "provider": route.provider,
+                "upstream_model": route.upstream_model,
+                "status": status,
+                "error": error,
+                "ms": round((time.monotonic() - started) * 1000, 1),
+            }
+        )
+
+    # -- relaying ---------------------------------------------------------------------------
+
+    async def relay_whole(self, response: aiohttp.ClientResponse) -> None:
+        assert self.provider is not None
+        data = await response.read()  # read (and retried if cut) in connect(): aiohttp returns it cached
+        reply = self.provider.reply(data)
+        if self.translation is None:
+            out = data  # pass-through: the upstream's bytes, untouched
+        else:
+            if reply.data is None:
+                raise UpstreamError("the upstream returned a malformed response")
+            out = json.dumps(self.translation.response(reply.data)).encode()
+        usage, estimated = reply.usage, False
+        if usage is None:
+            usage, estimated = self.estimate(reply.output_bytes), True
+        ctx = self.ctx
+        if ctx.disconnected_at is not None:
+            # The client left while the upstream worked: nothing reached it, but the upstream
+            # consumed (and bills us for) what it reports.
+            await self.settle(
+                usage,
+                billing_result="failed_but_billable",
+                status=200,
+                estimated=estimated,
+                error=("client_disconnected", "The client disconnected before the answer was sent."),
+            )
+            return
+        await self.settle(usage, billing_result="billed", status=200, estimated=estimated, output_reached=True)
+        ctx.response_started = True
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", JSON), (b"content-length", str(len(out)).encode()), *ctx.id_headers()],
+            }
+        )
+        await self.send({"type": "http.response.body", "body": out})
+
+    async def relay_stream(self, response: aiohttp.ClientResponse) -> None:
+        ctx, endpoint = self.ctx, self.endpoint
+        assert self.provider is not None
+        reader = self.reader = self.provider.reader()
+        translator = self.translation.stream(client_wants_usage=self.parsed.wants_usage) if self.translation else None
+        wants_usage = self.parsed.wants_usage
+        ctx.response_started = True
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-accel-buffering", b"no"),
+                    *ctx.id_headers(),
+                ],
+            }
+        )
+        first_byte_at = None
+        cut = False
+        failure: OpenbiliError | None = None
+        try:
+            async for chunk in response.content.iter_any():
+                events = reader.feed(chunk)
+                if translator is None:
+                    out = b"".join(e.raw for e in events if not e.final and (wants_usage or not e.hidden))
+                else:
+                    out = b"".join(endpoint.encode(client) for e in events for client in translator.feed(e))
+                if out:
+                    if first_byte_at is None:
+                        first_byte_at = now_utc()
+                    await self.send({"type": "http.response.body", "body": out, "more_body": True})
+                if reader.completed or reader.upstream_error is not None or ctx.disconnected_at is not None:
+                    break
+                if time.monotonic() >= self.renew_at:
+                    await self.renew_hold()
+        except (TimeoutError, aiohttp.ClientError):
+            cut = True
+        except Exception:  # a bug (say, in a translation) mid-stream: bill what was sent, end the stream
+            log.exception("request_id=%s trace_id=%s stream relay failed", ctx.request_id, ctx.trace_id)
+            failure = OpenbiliError()
+        assert ctx.row is not None
+        ctx.row["first_byte_at"] = first_byte_at
+        output = reader.output_events > 0
+        usage, estimated = reader.usage, False
+        if ctx.disconnected_at is not None:
+            if usage is None:
+                usage, estimated = self.estimate(reader.output_chars), True
+            await self.settle(
+                usage if output else money.TokenUsage(),
+                billing_result="failed_but_billable" if output else "not_billed",
+                status=200,
+                estimated=estimated,
+                output_reached=output,
+                error=("client_disconnected", "The client disconnected during the stream."),
+            )
+            return
+        if reader.completed and reader.upstream_error is None and not cut and failure is None:
+            if usage is None:
+                usage, estimated = self.estimate(reader.output_chars), True
+            await self.settle(usage, billing_result="billed", status=200, estimated=estimated, output_reached=True)
+            await self.send({"type": "http.response.body", "body": endpoint.terminator, "more_body": False})
+            return
+        # The upstream cut the stream (or sent an error event): bill what was consumed, then end the
+        # client's stream with an error event and no terminator, so SDKs raise instead of succeeding.
+        if usage is None and output:
+            usage, estimated = self.estimate(reader.output_chars), True
+        error = failure or UpstreamError("The upstream interrupted the stream.", code="upstream_stream_interrupted")
+        message = reader.upstream_error.message if reader.upstream_error else error.message
+        await self.settle(
+            usage if (output or usage) else money.TokenUsage(),
+            billing_result="failed_but_billable" if (output or usage) else "not_billed",
+            status=200,
+            estimated=estimated,
+            output_reached=output,
+            error=(error.code, message),
+        )
+        event = endpoint.stream_error(error, request_id=ctx.request_id, trace_id=ctx.trace_id)
+        await self.send({"type": "http.response.body", "body": event, "more_body": False})
+
+    async def renew_hold(self) -> None:
+        self.renew_at = time.monotonic() + self.ttl / 3
+        try:
+            await execute(self.state, ledger.EXTEND_HOLD, {"hold_id": self.hold_id, "ttl_seconds": self.ttl})
+        except Exception:  # the stream goes on; at worst the sweeper releases the hold unbilled
+            log.exception("request_id=%s hold renewal failed", self.ctx.request_id)
+
+    async def watch_disconnect(self) -> None:
+        """Notes the client leaving, at any point after its body was read; a stream stops at once."""
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                if not self.settled:
+                    self.ctx.disconnected_at = now_utc()
+                    if self.stream and self.response is not None:
+                        self.response.close()  # wakes the relay loop at once
+                return
+
+    def estimate(self, output_bytes: int) -> money.TokenUsage:
+        return money.TokenUsage(
+            input_tokens=estimate_tokens(len(self.raw)), output_tokens=estimate_tokens(output_bytes)
+        )
+
+    # -- settling ---------------------------------------------------------------------------
+
+    async def finish_failed(self, failure: UpstreamFailure) -> None:
+        """A failure before the answer began (or, for a stream, whatever broke it): bill reported
+        usage, if any, and tell the client in its own format."""
+        error = failure.error
+        usage = failure.usage
+        ctx = self.ctx
+        stream_started = ctx.response_started
+        reader = self.reader
+        if stream_started and reader is not None and reader.output_events and usage is None:
+            usage = reader.usage or self.estimate(reader.output_chars)
+        await self.settle(
+            usage or money.TokenUsage(),
+            billing_result="failed_but_billable" if usage and not usage.is_empty else "not_billed",
+            status=200 if stream_started else error.status,
+            output_reached=bool(stream_started and reader is not None and reader.output_events),
+            error=(error.code, error.message),
+            error_class=error.error_class,
+        )
+        try:
+            if stream_started:
+                event = self.endpoint.stream_error(error, request_id=ctx.request_id, trace_id=ctx.trace_id)
+                await self.send({"type": "http.response.body", "body": event, "more_body": False})
+                return
+            body = self.endpoint.error_body(error, request_id=ctx.request_id, trace_id=ctx.trace_id)
+            ctx.response_started = True
+            await self.send(
+                {
+                    "type": "http.response.start",
+                    "status": error.status,
+                    "headers": [
+                        (b"content-type", JSON),
+                        (b"content-length", str(len(body)).encode()),
+                        *ctx.id_headers(),
+                        *error_headers(ctx, error),
+                    ],
+                }
+            )
+            await self.send({"type": "http.response.body", "body": body})
+        except Exception:  # the client is gone; the bill is settled
+            log.info("request_id=%s error answer not delivered", ctx.request_id)
+
+    async def settle(
+        self,
+        usage: money.TokenUsage,
+        *,
+        billing_result: str,
+        status: int,
+        estimated: bool = False,
+        output_reached: bool = False,
+        error: tuple[str, str] | None = None,
+        error_class: str | None = None,
+    ) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        try:
+            cost = money.usage_cost(self.prices, usage) if billing_result != "not_billed" else money.ZERO
+            route = self.route
+            row = self.ctx.row
+            assert row is not None
+            row.update(
+                route_id=route.id if route else None,
+                provider=route.provider if route else "",
+                upstream_model=route.upstream_model if route else "",
+                status=status,
+                input_tokens=min(usage.input_tokens, MAX_RECORDED_TOKENS),
+                output_tokens=min(usage.output_tokens, MAX_RECORDED_TOKENS),
+                cached_input_tokens=min(usage.cached_input_tokens, MAX_RECORDED_TOKENS),
+                cache_write_tokens=min(usage.cache_write_tokens, MAX_RECORDED_TOKENS),
+                reasoning_tokens=min(usage.reasoning_tokens, MAX_RECORDED_TOKENS),
+                image_count=min(usage.images, MAX_RECORDED_TOKENS),
+                tokens_estimated=estimated,
+                billing_result=billing_result,
+                output_reached_client=output_reached,
+                client_disconnected_at=self.ctx.disconnected_at,
+                finished_at=now_utc(),
+                attempts=json.dumps(self.attempts),
+            )
+            if error is not None:
+                code, message = error
+                row.update(
+                    error_code=code,
+                    error_message=db_text(message, 500),
+                    error_class=error_class or (STREAM_INTERRUPTED if status == 200 else "upstream_or_platform_error"),
+                )
+            if row["first_byte_at"] is None and output_reached:
+                row["first_byte_at"] = row["finished_at"]
+            # Shielded: a client going away must not cancel the settle half-way through.
+            assert self.state.settles is not None
+            item = {column: row[column] for column in sql.FINAL_COLUMNS}
+            item |= {"request_id": row["request_id"], "billing_result": row["billing_result"]}
+            item |= {"hold_id": self.hold_id, "cost": cost}
+            charged = await asyncio.shield(self.state.settles.submit(row["account_id"], item))
+            if charged is None:
+                await self.record_lost_reserve(row)
+            assert self.state.limiter is not None and self.ctx.key is not None
+            self.state.limiter.consume(self.ctx.key, usage)
+        except Exception:
+            # The hold stays open and the sweeper releases it; the customer is not charged twice.
+            log.exception("request_id=%s settle failed", self.ctx.request_id)
+
+    async def record_lost_reserve(self, row: dict) -> None:
+        """No pending row to finish: the sweeper already finished it (a request that outlived its
+        hold), or a database crash lost the reserve (see sql.RESERVE_MANY). In the second
+        case write the row now, not billed: there is no hold to charge."""
+        log.warning("request_id=%s settled no pending usage row", self.ctx.request_id)
+        message = "Not billed: the request's credit reservation was lost (database restart during the request)."
+        await execute(
+            self.state,
+            sql.INSERT_USAGE,
+            row | {"billing_result": "not_billed", "cost_usd": 0, "error_message": db_text(message, 500)},
+        )
+
+
+# --- token counting (no hold, no charge) ----------------------------------------------------------
+
+
+async def count_tokens(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receive, send) -> None:
+    """POST /v1/messages/count_tokens: forwarded to the model's first route whose provider counts
+    tokens (Anthropic), estimated otherwise or when that upstream is unreachable. Free, but like
+    every request with a known key it gets its usage row and counts against the key's RPM."""
+    try:
+        key = await authenticate(state, ctx)
+        raw = await read_body(ctx, receive)
+        row = ctx.new_row()
+        body = parse_json_object(raw)
+        parsed = endpoint.validate(body)
+        row["model_requested"] = db_text(parsed.model, 100)
+        model = resolve_model(await state.catalog(), key, parsed.model)
+        assert state.limiter is not None
+        await state.limiter.admit(key)
+        out, route, attempts = await _count_upstream(state, ctx, model, body)
+        if out is None:
+            estimate = estimate_tokens(len(raw)) + parsed.images * 1600
+            out = json.dumps({"input_tokens": estimate}).encode()
+        row.update(
+            route_id=route.id if route else None,
+            provider=route.provider if route else "",
+            upstream_model=route.upstream_model if route else "",
+            status=200,
+            billing_result="not_billed",
+            tokens_estimated=route is None,
+            finished_at=now_utc(),
+            attempts=json.dumps(attempts),
+        )
+        await execute(state, sql.INSERT_USAGE, row)
+        ctx.row_written = True
+        ctx.response_started = True
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", JSON), (b"content-length", str(len(out)).encode()), *ctx.id_headers()],
+            }
+        )
+        await send({"type": "http.response.body", "body": out})
+    except OpenbiliError as error:
+        await reject(state, ctx, endpoint, send, error)
+    except ClientGone:
+        log.info("request_id=%s client went away before the request was read", ctx.request_id)
+    except Exception:
+        log.exception("request_id=%s trace_id=%s unexpected error", ctx.request_id, ctx.trace_id)
+        await reject(state, ctx, endpoint, send, OpenbiliError())
+
+
+async def _count_upstream(
+    state: GatewayState, ctx: Ctx, model: ModelInfo, body: dict
+) -> tuple[bytes | None, RouteInfo | None, list[dict]]:
+    """The upstream's count (its bytes), the route that counted, the attempt; (None, None, …) to estimate.
+    An upstream 4xx is the client's (a bad request) and passed on as such."""
+    for route in model.routes:
+        provider = provider_for(route.provider)
+        call = provider.count_tokens_call(dict(body), route=route, client_headers=ctx.headers) if provider else None
+        if call is None:
+            continue
+        assert state.http is not None and provider is not None
+        started = time.monotonic()
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=min(route.timeout, 30))
+        attempt = {
+            "attempt": 1,
+            "route_id": route.id,
+            "provider": route.provider,
+            "upstream_model": route.upstream_model,
+        }
+        try:
+            async with state.http.request(
+                call.method, call.url, headers=call.headers, data=call.body, timeout=timeout
+            ) as response:
+                data = await response.read()
+                attempt |= {"status": response.status, "ms": round((time.monotonic() - started) * 1000, 1)}
+                if response.status < 300:
+                    return data, route, [attempt | {"error": ""}]
+                failure = provider.failure(status=response.status, body=data, headers=response.headers)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.info(
+                "request_id=%s count_tokens upstream unreachable (%s): estimated", ctx.request_id, type(exc).__name__
+            )
+            return None, None, [attempt | {"status": None, "error": "upstream_unavailable"}]
+        if not failure.retryable:
+            raise failure.error
+        return None, None, [attempt | {"error": failure.error.code}]
+    return None, None, []

@@ -1,0 +1,58 @@
+"""Translation between a client wire format and a different upstream wire format.
+
+Pure functions, no I/O, one module per (client format, upstream format) pair. Each module
+provides:
+
+- `request(body, *, max_output_tokens) -> dict`: the client's request body → the upstream's.
+  Never mutates `body` (a retry to another route starts again from the client's original). The
+  upstream model name, stream usage options and auth are the provider's business, not this one's.
+  Anything that cannot be carried across raises `InvalidRequest` (400, naming the `param`),
+  never a silent drop.
+- `response(data) -> dict`: a non-stream upstream reply (parsed JSON) → the client's reply.
+- `Stream(client_wants_usage=...)`: a small state machine; `feed(event)` takes one upstream
+  `providers.base.Event` (the terminator included, flagged `final`) and returns the client-format
+  events it produces, as dicts, in order. The endpoint encodes them for the wire, and sends the
+  client format's own terminator (`[DONE]`, `message_stop`) itself, after the bill is settled.
+
+When the formats match there is no translation at all: the lifecycle passes bytes through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from usage.gateway.providers.base import Event
+
+
+class StreamTranslator(Protocol):
+    def feed(self, event: Event) -> list[dict]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    client: str
+    upstream: str
+    request: Callable[..., dict]
+    response: Callable[[dict], dict]
+    stream: Callable[..., StreamTranslator]
+
+
+def translation_for(client: str, upstream: str) -> Translation | None:
+    """None when the formats match: pass-through."""
+    if client == upstream:
+        return None
+    return TRANSLATIONS.get((client, upstream))
+
+
+def _load() -> dict[tuple[str, str], Translation]:
+    from usage.gateway.translate import chat_to_anthropic, messages_to_openai
+
+    pairs = {}
+    for module, client, upstream in ((chat_to_anthropic, "chat", "messages"), (messages_to_openai, "messages", "chat")):
+        pairs[client, upstream] = Translation(client, upstream, module.request, module.response, module.Stream)
+    return pairs
+
+
+TRANSLATIONS: dict[tuple[str, str], Translation] = _load()
