@@ -2,18 +2,27 @@
 
     .venv/bin/python bench/load.py --url http://127.0.0.1:8000/v1/chat/completions --key sk-ob-... \\
         --concurrency 32 --requests 100000 --duration 10 [--stream] [--warmup 50] [--json]
+    .venv/bin/python bench/load.py --url http://127.0.0.1:8000/v1/messages --api messages \\
+        --auth x-api-key --key sk-ob-... --model claude-sonnet-4-6 --concurrency 8 --stream
 
-Each of ``concurrency`` workers POSTs a small chat completion in a loop, on a keep-alive pool of
+Each of ``concurrency`` workers POSTs a small request in a loop (``--api chat``: an OpenAI chat
+completion; ``--api messages``: an Anthropic Messages request), on a keep-alive pool of
 ``concurrency`` connections, until ``requests`` requests were started or ``duration`` seconds have
 passed (whichever comes first; requests in flight then finish, each bounded by ``--timeout``).
 Warm-up requests (``--warmup``, run first at the same concurrency) open the connections and warm
 the target's caches; they are not measured.
 
-Per request: latency (send to last body byte), and for streams the time to first byte (first body
-chunk after the headers). An error is a non-2xx status, an exception or timeout, or a stream that
-did not end with ``data: [DONE]`` (Openbili ends a stream that failed mid-way with an error event
-and no [DONE]). The summary has req/s (completed requests / measured seconds), p50/p90/p99 of
-latency and TTFB in ms, and errors by kind with a sample message each.
+Per request: latency (send to last body byte), and for streams the time to first byte (chat: the
+first body chunk after the headers; messages: the chunk that carries the first
+``content_block_delta`` event, since a Messages stream opens with message_start,
+content_block_start and ping before any text). An error is a non-2xx status, an exception or
+timeout, or a stream that did not end with ``data: [DONE]`` (chat) or did not carry a
+``message_stop`` event (messages); Openbili ends a stream that failed mid-way with an error event
+and neither. The summary has req/s (completed requests / measured seconds), p50/p90/p99 of latency
+and TTFB in ms, and errors by kind with a sample message each.
+
+Keys: ``--auth bearer`` sends ``Authorization: Bearer KEY``, ``--auth x-api-key`` sends
+``x-api-key: KEY`` (the Anthropic way); messages requests also carry ``anthropic-version``.
 """
 
 from __future__ import annotations
@@ -31,13 +40,30 @@ import aiohttp
 from yarl import URL
 
 PAYLOAD = {"model": "bench-model", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16}
+# Anthropic Messages: the same prompt; max_tokens is required there and comes first by convention.
+MESSAGES_PAYLOAD = {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "hello"}]}
+ANTHROPIC_VERSION = "2023-06-01"
+APIS = ("chat", "messages")
+AUTHS = ("bearer", "x-api-key")
 
 
-def body_for(stream: bool, model: str = "bench-model") -> bytes:
-    payload = dict(PAYLOAD, model=model)
+def body_for(stream: bool, model: str = "bench-model", api: str = "chat") -> bytes:
+    payload = dict(MESSAGES_PAYLOAD if api == "messages" else PAYLOAD, model=model)
     if stream:
         payload["stream"] = True
     return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def headers_for(key: str, api: str = "chat", auth: str = "bearer") -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if api == "messages":
+        headers["anthropic-version"] = ANTHROPIC_VERSION
+    if key:
+        if auth == "x-api-key":
+            headers["x-api-key"] = key
+        else:
+            headers["Authorization"] = f"Bearer {key}"
+    return headers
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -77,12 +103,31 @@ async def one_request(
     stream: bool,
     timeout: aiohttp.ClientTimeout,
     samples: Samples | None,
+    api: str = "chat",
 ) -> None:
     start = time.perf_counter()
     ttfb = None
     try:
         async with session.post(url, data=body, headers=headers, timeout=timeout) as resp:
-            if stream and resp.status < 300:
+            if stream and resp.status < 300 and api == "messages":
+                # Events may be split across chunks: search each chunk together with the last
+                # bytes of the previous one (the markers are shorter than the carried tail).
+                tail = b""
+                done = False
+                while True:
+                    chunk = await resp.content.readany()
+                    if not chunk:
+                        break
+                    window = tail + chunk
+                    if ttfb is None and b"content_block_delta" in window:
+                        ttfb = time.perf_counter() - start
+                    if not done and b"message_stop" in window:
+                        done = True
+                    tail = window[-128:]
+                end = time.perf_counter()
+                ok = done and ttfb is not None
+                detail = "" if ok else f"stream without content_block_delta or message_stop; last bytes {tail!r}"
+            elif stream and resp.status < 300:
                 tail = b""
                 while True:
                     chunk = await resp.content.readany()
@@ -130,19 +175,23 @@ async def run_load(
     warmup: int = 20,
     timeout: float = 30.0,
     model: str = "bench-model",
+    api: str = "chat",
+    auth: str = "bearer",
     on_start: Callable[[], None] | None = None,
     stagger_ms: float = 0.0,
 ) -> dict[str, Any]:
     """Run one bounded load and return its summary (see module docstring).
 
-    ``key`` may be several keys separated by commas: worker i then sends key i mod len(keys).
-    ``on_start`` is called (synchronously) after the warm-up, right before the measured phase.
+    ``api`` is the client wire format ("chat" or "messages"), ``auth`` how the key is sent
+    ("bearer" or "x-api-key"). ``key`` may be several keys separated by commas: worker i then
+    sends key i mod len(keys). ``on_start`` is called (synchronously) after the warm-up, right
+    before the measured phase.
     """
+    if api not in APIS or auth not in AUTHS:
+        raise ValueError(f"api must be one of {APIS} and auth one of {AUTHS}")
     keys = [k for k in key.split(",") if k] or [""]
-    header_sets = [
-        {"Content-Type": "application/json", **({"Authorization": f"Bearer {k}"} if k else {})} for k in keys
-    ]
-    body = body_for(stream, model)
+    header_sets = [headers_for(k, api, auth) for k in keys]
+    body = body_for(stream, model, api)
     client_timeout = aiohttp.ClientTimeout(total=timeout)
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False, keepalive_timeout=60)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
@@ -156,7 +205,7 @@ async def run_load(
             await asyncio.sleep(i * stagger_ms / 1000)
             while remaining[0] > 0:
                 remaining[0] -= 1
-                await one_request(session, url, headers, body, stream, client_timeout, None)
+                await one_request(session, url, headers, body, stream, client_timeout, None, api)
 
         if warmup > 0:
             rounds = warmup // concurrency + 2 + int(concurrency * stagger_ms / 1000 / timeout)
@@ -172,10 +221,10 @@ async def run_load(
             headers = header_sets[i % len(header_sets)]
             while samples.started < requests and time.perf_counter() < deadline:
                 samples.started += 1
-                await one_request(session, url, headers, body, stream, client_timeout, samples)
+                await one_request(session, url, headers, body, stream, client_timeout, samples, api)
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    return summarize(samples, concurrency=concurrency, stream=stream)
+    return summarize(samples, concurrency=concurrency, stream=stream) | {"api": api, "model": model}
 
 
 def summarize(samples: Samples, *, concurrency: int, stream: bool) -> dict[str, Any]:
@@ -252,13 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000/v1/chat/completions")
     parser.add_argument("--key", default="", help="sent as Authorization: Bearer KEY; KEY1,KEY2: round-robin")
+    parser.add_argument("--api", choices=APIS, default="chat", help="client wire format of the requests")
+    parser.add_argument("--auth", choices=AUTHS, default="bearer", help="how the key is sent")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--requests", type=int, default=1000, help="at most this many measured requests")
     parser.add_argument("--duration", type=float, default=10.0, help="at most this many seconds (measured phase)")
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests first")
     parser.add_argument("--timeout", type=float, default=30.0, help="per request, seconds")
-    parser.add_argument("--model", default="bench-model")
+    parser.add_argument("--model", default=None, help="default: bench-model (chat), claude-sonnet-4-6 (messages)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
     host = URL(args.url).host
@@ -280,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
             stream=args.stream,
             warmup=args.warmup,
             timeout=args.timeout,
-            model=args.model,
+            model=args.model or (MESSAGES_PAYLOAD if args.api == "messages" else PAYLOAD)["model"],
+            api=args.api,
+            auth=args.auth,
         )
     )
     if args.json:

@@ -1,14 +1,18 @@
-"""One command: the gateway's cost against the upstream alone and against LiteLLM, in one run.
+"""One command: the gateway's cost against the upstream alone, a bare proxy and LiteLLM, in one run.
 
     .venv/bin/python bench/run.py [--quick] [--litellm] [--soak SECONDS] [--workers N] [--profile]
 
-Starts a fake OpenAI-format upstream (bench/upstream.py), Openbili with full billing on a fresh
-`openbili_bench` database (uvicorn, N workers) and, with --litellm, a LiteLLM proxy (its own
-throwaway virtualenv under var/bench/litellm-venv, no database) routed to the same upstream. Then
-runs each scenario against the upstream alone, Openbili and LiteLLM back to back, measuring
-latency and TTFB percentiles from the client (bench/load.py) and, with psutil, the CPU seconds of
-each target's process tree, of every `postgres` process and the peak RSS, per scenario. Prints a
-table per scenario and the ratios, writes bench/results/latest.json. Everything it started is
+Starts a fake upstream speaking OpenAI chat and Anthropic Messages (bench/upstream.py), the floor
+(bench/floor.py: a bare proxy on the gateway's stack, uvicorn + one aiohttp session, nothing else),
+Openbili with full billing on a fresh `openbili_bench` database (uvicorn, N workers; `bench-model`
+on an OpenAI route, `claude-sonnet-4-6` on an Anthropic route) and, with --litellm, a LiteLLM proxy
+(its own throwaway virtualenv under var/bench/litellm-venv, no database) routed to the same
+upstream. Then runs each scenario against the upstream alone, the floor, Openbili and LiteLLM back
+to back, measuring latency and TTFB percentiles from the client (bench/load.py) and, with psutil,
+the CPU seconds of each target's process tree, of every `postgres` process and the peak RSS, per
+scenario. Scenarios come in three groups (chat on an OpenAI route, /v1/messages and chat on an
+Anthropic route), four loads each. Prints a table per scenario, the ratios Openbili ÷ LiteLLM and
+Openbili ÷ floor and the PASS/FAIL lines, writes bench/results/latest.json. Everything it started is
 stopped at the end, also on Ctrl-C or an error. See bench/README.md.
 """
 
@@ -57,6 +61,9 @@ BENCH_DB_URL = f"postgres://postgres@127.0.0.1:5432/{BENCH_DB}"
 BENCH_REDIS_URL = "redis://127.0.0.1:6379/14"
 UPSTREAM_SECRET_ENV = "OPENBILI_BENCH_UPSTREAM_KEY"
 CHAT_PATH = "/v1/chat/completions"
+MESSAGES_PATH = "/v1/messages"
+CHAT_MODEL = "bench-model"  # OpenAI route
+CLAUDE_MODEL = "claude-sonnet-4-6"  # Anthropic route
 
 
 def say(message: str) -> None:
@@ -223,7 +230,8 @@ class Monitor:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # a run that failed during setup never started it
+            self._thread.join(timeout=5)
 
     def _run(self) -> None:
         count = 0
@@ -360,10 +368,27 @@ class Target:
     service: Service
     cpu_group: str
     notes: dict[str, Any] = field(default_factory=dict)
+    messages_auth: str = "x-api-key"  # how the key goes with /v1/messages ("x-api-key" or "bearer")
 
-    @property
-    def url(self) -> str:
-        return self.base_url + CHAT_PATH
+    def load_args(self, api: str) -> dict[str, Any]:
+        """drive() arguments for one scenario group on this target (URL, model, wire format, auth).
+
+        chat: OpenAI chat on bench-model (OpenAI route); messages: Anthropic Messages on the Claude
+        model (pass-through); chat_claude: OpenAI chat on the Claude model (the gateway translates).
+        The upstream alone has no translation: for chat_claude it answers the Messages call the
+        gateway makes upstream, so +x columns show what translation and billing add on top of it.
+        The floor forwards without translating: its chat_claude is a chat pass-through.
+        """
+        if api == "messages" or (api == "chat_claude" and self.name == "upstream"):
+            return {
+                "url": self.base_url + MESSAGES_PATH,
+                "key": self.key,
+                "model": CLAUDE_MODEL,
+                "api": "messages",
+                "auth": self.messages_auth,
+            }
+        model = CLAUDE_MODEL if api == "chat_claude" else CHAT_MODEL
+        return {"url": self.base_url + CHAT_PATH, "key": self.key, "model": model, "api": "chat", "auth": "bearer"}
 
 
 def start_upstream(args: argparse.Namespace) -> tuple[Service, str]:
@@ -373,6 +398,59 @@ def start_upstream(args: argparse.Namespace) -> tuple[Service, str]:
     service = Service("upstream", argv, env=dict(os.environ), log=VAR / "upstream.log")
     wait_port(port, service, 20)
     return service, f"http://127.0.0.1:{port}"
+
+
+def upstream_check(upstream: str, chunks: int) -> None:
+    """The fake upstream speaks Anthropic Messages as the real API does, or the run stops here.
+
+    Non-stream: a `message` with one text block and usage. Stream: message_start (usage with
+    input_tokens), content_block_start, ping, content_block_delta (text_delta) x pieces,
+    content_block_stop, message_delta (stop_reason, usage.output_tokens), message_stop.
+    """
+    headers = {"Content-Type": "application/json", "x-api-key": "sk-bench", "anthropic-version": "2023-06-01"}
+    url = upstream + MESSAGES_PATH
+    status, raw = http("POST", url, body=body_for(False, CLAUDE_MODEL, "messages"), headers=headers)
+    data = json.loads(raw)
+    if status != 200 or data.get("type") != "message" or data["content"][0]["type"] != "text" or "usage" not in data:
+        raise RuntimeError(f"upstream /v1/messages (non-stream) is not Anthropic-shaped: {status} {raw[:300]!r}")
+    status, raw = http("POST", url, body=body_for(True, CLAUDE_MODEL, "messages"), headers=headers)
+    events = []
+    for block in raw.decode().strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        payload = json.loads(lines["data"])
+        if payload["type"] != lines["event"]:
+            raise RuntimeError(f"upstream stream: event {lines['event']} carries type {payload['type']}")
+        events.append(payload)
+    pieces = min(chunks, load.MESSAGES_PAYLOAD["max_tokens"])
+    expected = ["message_start", "content_block_start", "ping", *["content_block_delta"] * pieces]
+    expected += ["content_block_stop", "message_delta", "message_stop"]
+    kinds = [e["type"] for e in events]
+    if status != 200 or kinds != expected:
+        raise RuntimeError(f"upstream /v1/messages stream: events {kinds}, expected {expected}")
+    if not all(e["delta"]["type"] == "text_delta" for e in events if e["type"] == "content_block_delta"):
+        raise RuntimeError("upstream /v1/messages stream: a content_block_delta is not a text_delta")
+    if "input_tokens" not in events[0]["message"]["usage"] or "output_tokens" not in events[-2].get("usage", {}):
+        raise RuntimeError("upstream /v1/messages stream: usage missing in message_start or message_delta")
+
+
+def start_floor(args: argparse.Namespace, upstream: str) -> Target:
+    """bench/floor.py under the same uvicorn command line as Openbili (flags, workers, loop)."""
+    port = free_port()
+    argv = [PY, "-m", "uvicorn", "floor:app", "--app-dir", str(BASE / "bench"), "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--workers", str(args.workers), "--no-access-log", "--log-level", "warning"]
+    env = dict(os.environ, OPENBILI_FLOOR_UPSTREAM=upstream, OPENBILI_FLOOR_UPSTREAM_KEY="sk-bench-upstream")
+    say(f"floor: uvicorn bench/floor.py on 127.0.0.1:{port} with {args.workers} worker(s)")
+    service = Service("floor", argv, env=env, log=VAR / "floor.log")
+    base = f"http://127.0.0.1:{port}"
+    body = body_for(False, CHAT_MODEL)
+
+    def ready() -> bool:
+        status, _ = http("POST", base + CHAT_PATH, body=body, headers={"Content-Type": "application/json"}, timeout=5)
+        return status == 200
+
+    wait_port(port, service, 30)
+    wait_ready(ready, service, 30, "POST /v1/chat/completions")
+    return Target("floor", base, "", service, "floor")
 
 
 def manage(env: dict[str, str], *args: str) -> str:
@@ -385,7 +463,7 @@ def manage(env: dict[str, str], *args: str) -> str:
 
 
 CATALOG = """\
-# Written by bench/run.py: one model routed to the benchmark's fake upstream.
+# Written by bench/run.py: two models routed to the benchmark's fake upstream, one per wire format.
 [[models]]
 name = "bench-model"
 kind = "chat"
@@ -402,6 +480,27 @@ name = "bench-upstream"
 provider = "openai"
 base_url = "{upstream}/v1"
 upstream_model = "bench-model"
+secret_env = "{secret_env}"
+priority = 1
+
+[[models]]
+name = "claude-sonnet-4-6"
+kind = "chat"
+owned_by = "anthropic"
+context_window = 200000
+max_output_tokens = 64000
+
+[models.prices]
+input_per_mtok = "3.00"
+output_per_mtok = "15.00"
+cached_input_per_mtok = "0.30"
+cache_write_per_mtok = "3.75"
+
+[[models.routes]]
+name = "bench-anthropic"
+provider = "anthropic"
+base_url = "{upstream}"
+upstream_model = "claude-sonnet-4-6"
 secret_env = "{secret_env}"
 priority = 1
 """
@@ -439,8 +538,14 @@ def start_openbili(args: argparse.Namespace, upstream: str) -> Target:
     finally:
         os.unlink(catalog_path)
     probe = manage(env, "probe")
-    if "0 failed" not in probe:
+    if f"OK   {CHAT_MODEL} " not in probe:
         raise RuntimeError(f"probe failed:\n{probe}")
+    notes = {"probe": probe.strip().splitlines()}
+    if f"OK   {CLAUDE_MODEL} " not in probe:
+        # Until the gateway has its Anthropic provider the Claude route fails its probe and the model
+        # stays invisible: the messages and chat_claude scenarios then report errors, the rest runs.
+        say(f"Openbili: the {CLAUDE_MODEL} route failed its probe; its scenarios will show errors")
+        notes["claude_probe_failed"] = True
     keys = []
     for i in range(args.accounts):  # --accounts N spreads the load over N accounts (one key each)
         account = "bench" if i == 0 else f"bench-{i + 1}"
@@ -469,16 +574,22 @@ def start_openbili(args: argparse.Namespace, upstream: str) -> Target:
 
     wait_port(port, service, 60)
     wait_ready(ready, service, 60, "GET /v1/models listing bench-model")
-    return Target("openbili", base, ",".join(keys), service, "openbili")
+    return Target("openbili", base, ",".join(keys), service, "openbili", notes=notes)
 
 
 LITELLM_CONFIG = """\
-# Written by bench/run.py: the same model, routed to the same fake upstream; no database.
+# Written by bench/run.py: the same models, routed to the same fake upstream; no database.
+# claude-sonnet-4-6 serves /v1/messages (pass-through) and /v1/chat/completions (translated).
 model_list:
   - model_name: bench-model
     litellm_params:
       model: openai/bench-model
       api_base: {upstream}/v1
+      api_key: sk-bench-upstream
+  - model_name: claude-sonnet-4-6
+    litellm_params:
+      model: anthropic/claude-sonnet-4-6
+      api_base: {upstream}
       api_key: sk-bench-upstream
 general_settings:
   master_key: {master_key}
@@ -550,7 +661,33 @@ def start_litellm(args: argparse.Namespace, upstream: str) -> Target | None:
         text=True,
         check=False,
     ).stdout.strip()
-    return Target("litellm", base, master_key, service, "litellm", notes={"version": version})
+    # Its /v1/messages takes the master key as x-api-key (the Anthropic SDK's way) or as a Bearer.
+    notes: dict[str, Any] = {"version": version}
+    messages_auth = "x-api-key"
+    for auth in ("x-api-key", "bearer"):
+        status, raw = http(
+            "POST",
+            base + MESSAGES_PATH,
+            body=body_for(False, CLAUDE_MODEL, "messages"),
+            headers=load.headers_for(master_key, "messages", auth),
+            timeout=30,
+        )
+        notes[f"messages_{auth}"] = status
+        if status == 200:
+            messages_auth = auth
+            break
+        say(f"LiteLLM: /v1/messages with the key as {auth}: HTTP {status} {raw[:200]!r}")
+    status, raw = http(
+        "POST",
+        base + CHAT_PATH,
+        body=body_for(False, CLAUDE_MODEL),
+        headers=load.headers_for(master_key),
+        timeout=30,
+    )
+    notes["chat_claude"] = status
+    if status != 200:
+        say(f"LiteLLM: chat on {CLAUDE_MODEL}: HTTP {status} {raw[:200]!r}")
+    return Target("litellm", base, master_key, service, "litellm", notes=notes, messages_auth=messages_auth)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -567,22 +704,49 @@ class Scenario:
     requests: int
     duration: float
     warmup: int
+    api: str = "chat"  # scenario group: chat, messages, chat_claude (see Target.load_args)
+
+
+# group -> (name prefix, what the client sends)
+GROUPS = {
+    "chat": ("", "/v1/chat/completions on bench-model, OpenAI route (pass-through)"),
+    "messages": ("messages_", f"/v1/messages on {CLAUDE_MODEL}, Anthropic route (pass-through)"),
+    "chat_claude": ("chat_claude_", f"/v1/chat/completions on {CLAUDE_MODEL}, Anthropic route (translated)"),
+}
 
 
 def scenarios(quick: bool) -> list[Scenario]:
+    """Every group gets the same four loads; the chat group keeps its historical names."""
     if quick:
-        return [
-            Scenario("nonstream_c1", "non-stream, concurrency 1 (added latency)", False, 1, 300, 3, 30),
-            Scenario("nonstream_c32", "non-stream, concurrency 32 (throughput)", False, 32, 100_000, 3, 64),
-            Scenario("stream_c1", "stream, concurrency 1 (TTFB and total)", True, 1, 200, 3, 20),
-            Scenario("stream_c8", "stream, concurrency 8 (TTFB and total)", True, 8, 100_000, 3, 32),
+        shapes = [
+            ("nonstream_c1", "non-stream, concurrency 1 (added latency)", False, 1, 300, 3, 30),
+            ("nonstream_c32", "non-stream, concurrency 32 (throughput)", False, 32, 100_000, 3, 64),
+            ("stream_c1", "stream, concurrency 1 (TTFB and total)", True, 1, 200, 3, 20),
+            ("stream_c8", "stream, concurrency 8 (TTFB and total)", True, 8, 100_000, 3, 32),
+        ]
+    else:
+        shapes = [
+            ("nonstream_c1", "non-stream, concurrency 1 (added latency)", False, 1, 2000, 20, 200),
+            ("nonstream_c32", "non-stream, concurrency 32 (throughput)", False, 32, 1_000_000, 10, 640),
+            ("stream_c1", "stream, concurrency 1 (TTFB and total)", True, 1, 1000, 15, 100),
+            ("stream_c8", "stream, concurrency 8 (TTFB and total)", True, 8, 1_000_000, 10, 160),
         ]
     return [
-        Scenario("nonstream_c1", "non-stream, concurrency 1 (added latency)", False, 1, 2000, 20, 200),
-        Scenario("nonstream_c32", "non-stream, concurrency 32 (throughput)", False, 32, 1_000_000, 10, 640),
-        Scenario("stream_c1", "stream, concurrency 1 (TTFB and total)", True, 1, 1000, 15, 100),
-        Scenario("stream_c8", "stream, concurrency 8 (TTFB and total)", True, 8, 1_000_000, 10, 160),
+        Scenario(prefix + name, f"{title}; {what}", stream, conc, requests, duration, warmup, api=group)
+        for group, (prefix, what) in GROUPS.items()
+        for name, title, stream, conc, requests, duration, warmup in shapes
     ]
+
+
+def select(all_: list[Scenario], only: str | None) -> list[Scenario]:
+    """--only takes scenario names and/or group names (chat, messages, chat_claude)."""
+    if not only:
+        return all_
+    wanted = {name.strip() for name in only.split(",") if name.strip()}
+    unknown = wanted - {s.name for s in all_} - set(GROUPS)
+    if unknown:
+        raise SystemExit(f"--only: unknown scenario(s) {sorted(unknown)}; known: {[s.name for s in all_]} or groups")
+    return [s for s in all_ if s.name in wanted or s.api in wanted]
 
 
 def measure(target: Target, scenario: Scenario, monitor: Monitor, stagger_ms: float = 0.0) -> dict[str, Any]:
@@ -593,8 +757,7 @@ def measure(target: Target, scenario: Scenario, monitor: Monitor, stagger_ms: fl
         marks["mark"] = monitor.mark()
 
     result = drive(
-        url=target.url,
-        key=target.key,
+        **target.load_args(scenario.api),
         concurrency=scenario.concurrency,
         requests=scenario.requests,
         duration=scenario.duration,
@@ -688,8 +851,15 @@ def table(scenario: Scenario, rows: dict[str, dict]) -> str:
     lines.append(
         "  latency/TTFB in ms (client side); +x = added vs the upstream alone; cpu/req = CPU ms per request of "
         "the target's process tree; pg/req = all postgres processes; rss = peak RSS of the tree; host% = both "
-        "cores busy (driver + upstream + target + PG)."
+        "cores busy (driver + upstream + target + PG); floor = bench/floor.py, a bare proxy on the same stack."
     )
+    if scenario.api == "chat_claude":
+        lines.append(
+            "  chat_claude: the upstream alone answers the Messages call the gateway makes; the floor cannot "
+            "translate, it passes the chat request through to the upstream's chat path."
+        )
+    if scenario.api == "messages" or scenario.api == "chat_claude":
+        lines.append("  messages TTFB = first content_block_delta; a stream completes at message_stop.")
     for target, r in rows.items():
         if r["errors"]:
             lines.append(f"  {target} errors: {r['errors_by_kind']}")
@@ -706,44 +876,101 @@ def table(scenario: Scenario, rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def ratio_or_none(mine: float | None, theirs: float | None) -> float | None:
+    return mine / theirs if mine is not None and theirs else None
+
+
 def ratios(results: dict[str, dict[str, dict]]) -> tuple[str, dict]:
-    lines = ["== Openbili vs LiteLLM (same worker count) =="]
+    """Openbili ÷ LiteLLM (what we replace) and Openbili ÷ floor (what billing costs on the same stack).
+
+    Throughput x = Openbili req/s ÷ theirs (> 1: faster); cpu = Openbili CPU ms per request ÷ theirs
+    (< 1: cheaper), (+PG) with PostgreSQL's CPU added to Openbili's; +p50/+p99/+ttfb50 = Openbili's
+    minus the floor's, ms. A scenario where Openbili had errors is marked: errors are cheap, so
+    its figures there are not the cost of a served request.
+    """
+    lines = ["== Openbili vs LiteLLM and vs the floor (same worker count) =="]
     lines.append(
-        "scenario".ljust(15)
-        + "throughput x".rjust(13)
-        + "cpu/req ratio".rjust(14)
-        + "(+PG)".rjust(8)
-        + "  (cpu/req ratio = Openbili / LiteLLM; target <= 0.125)"
+        "scenario".ljust(27)
+        + " | ÷litellm: thr x".rjust(17)
+        + "cpu".rjust(7)
+        + "(+PG)".rjust(7)
+        + " | ÷floor: thr x".rjust(15)
+        + "cpu".rjust(7)
+        + "(+PG)".rjust(7)
+        + "  +p50".rjust(7)
+        + "+p99".rjust(7)
+        + "+ttfb50".rjust(8)
+        + " | ob errors"
     )
-    data = {}
+    data: dict[str, dict] = {}
     for name, rows in results.items():
-        ob, ll = rows.get("openbili"), rows.get("litellm")
-        if not ob or not ll:
+        ob = rows.get("openbili")
+        if not ob:
             continue
-        thr = ob["rps"] / ll["rps"] if ll["rps"] else None
-        cpu = ob["cpu_ms_per_request"] / ll["cpu_ms_per_request"] if ll["cpu_ms_per_request"] else None
-        cpu_pg = (
-            (ob["cpu_ms_per_request"] + ob["pg_cpu_ms_per_request"]) / ll["cpu_ms_per_request"]
-            if ll["cpu_ms_per_request"]
-            else None
+        entry: dict[str, Any] = {"openbili_errors": ob["errors"]}
+        ob_cpu = ob["cpu_ms_per_request"]
+        ob_cpu_pg = ob_cpu + ob["pg_cpu_ms_per_request"]
+        ll, fl = rows.get("litellm"), rows.get("floor")
+        if ll:  # flat keys, as in earlier results files
+            entry["throughput_x"] = ratio_or_none(ob["rps"], ll["rps"])
+            entry["cpu_per_request_ratio"] = ratio_or_none(ob_cpu, ll["cpu_ms_per_request"])
+            entry["cpu_with_pg_per_request_ratio"] = ratio_or_none(ob_cpu_pg, ll["cpu_ms_per_request"])
+        if fl:
+            entry["floor_throughput_x"] = ratio_or_none(ob["rps"], fl["rps"])
+            entry["floor_cpu_per_request_ratio"] = ratio_or_none(ob_cpu, fl["cpu_ms_per_request"])
+            entry["floor_cpu_with_pg_per_request_ratio"] = ratio_or_none(ob_cpu_pg, fl["cpu_ms_per_request"])
+            entry["floor_added_p50_ms"] = added(ob, fl, "latency_ms", "p50")
+            entry["floor_added_p99_ms"] = added(ob, fl, "latency_ms", "p99")
+            entry["floor_added_ttfb50_ms"] = added(ob, fl, "ttfb_ms", "p50")
+        data[name] = entry
+        lines.append(
+            name.ljust(27)
+            + fmt(entry.get("throughput_x"), 17, 2)
+            + fmt(entry.get("cpu_per_request_ratio"), 7, 3)
+            + fmt(entry.get("cpu_with_pg_per_request_ratio"), 7, 3)
+            + fmt(entry.get("floor_throughput_x"), 15, 3)
+            + fmt(entry.get("floor_cpu_per_request_ratio"), 7, 2)
+            + fmt(entry.get("floor_cpu_with_pg_per_request_ratio"), 7, 2)
+            + fmt(entry.get("floor_added_p50_ms"), 7)
+            + fmt(entry.get("floor_added_p99_ms"), 7)
+            + fmt(entry.get("floor_added_ttfb50_ms"), 8)
+            + fmt(ob["errors"], 11)
+            + ("  <- Openbili errors: not a served request's cost" if ob["errors"] else "")
         )
-        data[name] = {"throughput_x": thr, "cpu_per_request_ratio": cpu, "cpu_with_pg_per_request_ratio": cpu_pg}
-        lines.append(name.ljust(15) + fmt(thr, 13, 2) + fmt(cpu, 14, 3) + fmt(cpu_pg, 8, 3))
+    lines.append(
+        "  ÷litellm cpu target <= 0.125; ÷floor: what billing (keys, limits, ledger, usage row, validation,"
+        " translation) costs over a bare proxy on the same uvicorn + aiohttp stack."
+    )
     return "\n".join(lines), data
 
 
 def targets_check(results: dict[str, dict[str, dict]], ratio_data: dict) -> tuple[str, list[dict]]:
-    """The performance issue's targets, each PASS / FAIL / n/a."""
+    """The performance issue's targets and this round's bars, each PASS / FAIL / n/a (info: no bar)."""
     checks: list[dict] = []
 
-    def check(label: str, value: float | None, limit: float, higher_is_better: bool = False, extra: str = ""):
-        if value is None:
+    def check(
+        label: str,
+        value: float | None,
+        limit: float | None,
+        higher_is_better: bool = False,
+        extra: str = "",
+        errors: int = 0,
+    ) -> str:
+        if limit is None:
+            verdict = "info"
+        elif value is None:
             verdict = "n/a"
+        elif errors:  # a bar is met by served requests only
+            verdict = "FAIL"
         else:
             verdict = "PASS" if (value >= limit if higher_is_better else value <= limit) else "FAIL"
-        checks.append({"target": label, "value": value, "limit": limit, "verdict": verdict})
+        checks.append({"target": label, "value": value, "limit": limit, "verdict": verdict, "errors": errors})
         shown = "-" if value is None else f"{value:.3f}"
-        return f"  [{verdict:4}] {label}: {shown} ({'>=' if higher_is_better else '<='} {limit}){extra}"
+        bar = "" if limit is None else f" ({'>=' if higher_is_better else '<='} {limit})"
+        return f"  [{verdict:4}] {label}: {shown}{bar}{extra}"
+
+    def errors_of(scenario: str, target: str = "openbili") -> int:
+        return results.get(scenario, {}).get(target, {}).get("errors", 0)
 
     lines = ["== Targets of the performance issue =="]
     c1 = results.get("nonstream_c1", {})
@@ -762,10 +989,10 @@ def targets_check(results: dict[str, dict[str, dict]], ratio_data: dict) -> tupl
             )
         )
     for name in ("nonstream_c1", "nonstream_c32"):
-        if name in ratio_data:
+        if "cpu_per_request_ratio" in ratio_data.get(name, {}):
             lines.append(check(f"CPU/request vs LiteLLM ({name})", ratio_data[name]["cpu_per_request_ratio"], 0.125))
     c32 = results.get("nonstream_c32", {})
-    if "nonstream_c32" in ratio_data:
+    if "throughput_x" in ratio_data.get("nonstream_c32", {}):
         errors = c32["openbili"]["errors"]
         lines.append(
             check(
@@ -780,6 +1007,59 @@ def targets_check(results: dict[str, dict[str, dict]], ratio_data: dict) -> tupl
         lines.append(
             f"  [n/a ] throughput at c=32 vs LiteLLM (run with --litellm); Openbili errors: {c32['openbili']['errors']}"
         )
+
+    lines.append("== This round: Anthropic Messages, translation, the floor ==")
+    for scenario, label, bar in (
+        ("nonstream_c32", "chat pass-through throughput at c=32 vs LiteLLM, x", 12),
+        ("messages_nonstream_c32", "/v1/messages pass-through throughput at c=32 vs LiteLLM, x", 10),
+    ):
+        if scenario not in results or "openbili" not in results[scenario]:
+            continue
+        errors = errors_of(scenario)
+        value = ratio_data.get(scenario, {}).get("throughput_x")
+        extra = f"; Openbili errors: {errors}" + ("" if "litellm" in results[scenario] else " (run with --litellm)")
+        lines.append(check(label, value, bar, higher_is_better=True, extra=extra, errors=errors))
+    for shape in ("nonstream_c1", "nonstream_c32", "stream_c1", "stream_c8"):
+        passthrough = results.get(shape, {}).get("openbili")
+        translated = results.get("chat_claude_" + shape, {}).get("openbili")
+        if not passthrough or not translated:
+            continue
+        errors = translated["errors"] + passthrough["errors"]
+        lines.append(
+            check(
+                f"translated vs pass-through gateway CPU/request ({shape}), x",
+                ratio_or_none(translated["cpu_ms_per_request"], passthrough["cpu_ms_per_request"]),
+                1.5,
+                extra=f"; {translated['cpu_ms_per_request']:.3f} vs {passthrough['cpu_ms_per_request']:.3f} ms"
+                f"; Openbili errors: {errors}",
+                errors=errors,
+            )
+        )
+    for group, (prefix, _) in GROUPS.items():
+        one, many = ratio_data.get(prefix + "nonstream_c1", {}), ratio_data.get(prefix + "nonstream_c32", {})
+        if "floor_added_p50_ms" in one:
+            errors = errors_of(prefix + "nonstream_c1")
+            lines.append(
+                check(
+                    f"Openbili - floor added latency at c=1 ({group}), p50 ms",
+                    one["floor_added_p50_ms"],
+                    None,
+                    extra=f"; p99 {fmt(one['floor_added_p99_ms'], 0, 3)} ms; Openbili errors: {errors}",
+                    errors=errors,
+                )
+            )
+        if "floor_throughput_x" in many:
+            errors = errors_of(prefix + "nonstream_c32")
+            lines.append(
+                check(
+                    f"Openbili ÷ floor throughput at c=32 ({group}), x",
+                    many["floor_throughput_x"],
+                    None,
+                    extra=f"; CPU/request x {fmt(many['floor_cpu_per_request_ratio'], 0, 2)}"
+                    f" (+PG {fmt(many['floor_cpu_with_pg_per_request_ratio'], 0, 2)}); Openbili errors: {errors}",
+                    errors=errors,
+                )
+            )
     return "\n".join(lines), checks
 
 
@@ -810,8 +1090,7 @@ def soak(target: Target, seconds: float, monitor: Monitor) -> tuple[str, dict]:
     thread.start()
     try:
         result = drive(
-            url=target.url,
-            key=target.key,
+            **target.load_args("chat"),
             concurrency=8,
             requests=int(seconds * 10_000),
             duration=seconds,
@@ -945,8 +1224,7 @@ def profile(target: Target, scenario: Scenario, py_spy: str) -> tuple[str, dict]
         if waits is not None:
             waits.start()
         result = drive(
-            url=target.url,
-            key=target.key,
+            **target.load_args(scenario.api),
             concurrency=scenario.concurrency,
             requests=scenario.requests,
             duration=seconds,
@@ -1098,7 +1376,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=10.0,
         help="open the driver's connections this many ms apart during warm-up (spreads them over workers)",
     )
-    parser.add_argument("--only", help="comma-separated scenario names to run (default: all)")
+    parser.add_argument(
+        "--only", help="comma-separated scenario names and/or groups (chat, messages, chat_claude); default: all"
+    )
     parser.add_argument("--output", default=str(RESULTS / "latest.json"), help="JSON results file")
     return parser.parse_args(argv)
 
@@ -1124,20 +1404,29 @@ def main(argv: list[str] | None = None) -> int:
             "stagger_ms": args.stagger_ms,
             "synchronous_commit": args.synchronous_commit,
             "payload": json.loads(body_for(False)),
+            "messages_payload": json.loads(body_for(False, CLAUDE_MODEL, "messages")),
+            "groups": {group: what for group, (_, what) in GROUPS.items()},
         },
         "scenarios": {},
     }
     report: list[str] = []
     try:
+        selected = select(scenarios(args.quick), args.only)
         upstream, upstream_url = start_upstream(args)
+        upstream_check(upstream_url, args.chunks)
         targets = [Target("upstream", upstream_url, "sk-bench", upstream, "upstream")]
         monitor.add("upstream", lambda: tree(upstream.pid))
         monitor.add("postgres", postgres_processes, periodic=False)
         monitor.add("driver", driver_processes)
 
+        floor = start_floor(args, upstream_url)
+        targets.append(floor)
+        monitor.add("floor", lambda: tree(floor.service.pid))
+
         openbili = start_openbili(args, upstream_url)
         targets.append(openbili)
         monitor.add("openbili", lambda: tree(openbili.service.pid))
+        output["config"]["openbili"] = openbili.notes
 
         if args.litellm:
             litellm = start_litellm(args, upstream_url)
@@ -1145,13 +1434,10 @@ def main(argv: list[str] | None = None) -> int:
                 targets.append(litellm)
                 monitor.add("litellm", lambda: tree(litellm.service.pid))
                 output["config"]["litellm_version"] = litellm.notes.get("version")
+                output["config"]["litellm"] = litellm.notes
         output["config"]["targets"] = [t.name for t in targets]
         monitor.start()
 
-        selected = scenarios(args.quick)
-        if args.only:
-            wanted = set(args.only.split(","))
-            selected = [s for s in selected if s.name in wanted]
         results: dict[str, dict[str, dict]] = {}
         for scenario in selected:
             results[scenario.name] = {}
@@ -1209,9 +1495,11 @@ def main(argv: list[str] | None = None) -> int:
         say("interrupted; stopping everything")
         return 130
     finally:
-        monitor.stop()
-        for service in reversed(STARTED):
-            service.stop()
+        try:
+            monitor.stop()
+        finally:
+            for service in reversed(STARTED):
+                service.stop()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from tests.factories import AccountFactory, CatalogModelFactory, make_visible_model
-from tests.gateway_fixtures import gateway, live_gateway, upstream  # noqa: F401 - fixtures
+from tests.gateway_fixtures import claude, gateway, live_gateway, upstream  # noqa: F401 - fixtures
 
 
 @pytest.fixture

@@ -65,9 +65,21 @@ DEFAULT_PRICES = {
 }
 
 
-def make_visible_model(model: CatalogModel, *, prices: dict | None = None, base_url: str | None = None):
+def make_visible_model(
+    model: CatalogModel,
+    *,
+    prices: dict | None = None,
+    base_url: str | None = None,
+    provider: str = Route.Provider.OPENAI,
+    upstream_model: str | None = None,
+):
     """Give a model what CONTRACT §4 requires to be visible: an active route, an OK probe, a price."""
-    route = RouteFactory(model=model, base_url=base_url or "http://127.0.0.1:9/v1")
+    route = RouteFactory(
+        model=model,
+        base_url=base_url or "http://127.0.0.1:9/v1",
+        provider=provider,
+        upstream_model=upstream_model or model.name,
+    )
     services.route_secret_set(route=route, secret="upstream-test-secret")
     services.probe_record(route=route, ok=True, status_code=200, latency_ms=1)
     services.price_version_publish(

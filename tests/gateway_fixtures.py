@@ -23,6 +23,13 @@ GPT_PRICES = {
     "output_per_mtok": Decimal("10"),
     "cached_input_per_mtok": Decimal("0.125"),
 }
+CLAUDE_PRICES = {
+    "input_per_mtok": Decimal("3"),
+    "output_per_mtok": Decimal("15"),
+    "cached_input_per_mtok": Decimal("0.30"),
+    "cache_write_per_mtok": Decimal("3.75"),
+}
+CLAUDE = "claude-sonnet-4-6"  # on an Anthropic route (the fake upstream's /v1/messages)
 
 
 @pytest.fixture(scope="session")
@@ -114,3 +121,15 @@ def gateway(transactional_db, live_gateway, upstream):
     client.refresh()
     yield client
     client.refresh()
+
+
+@pytest.fixture
+def claude(gateway):
+    """The `gateway` fixture plus claude-sonnet-4-6 routed to the fake upstream as an Anthropic
+    route (base URL without /v1, as api.anthropic.com is configured)."""
+    model = CatalogModelFactory(name=CLAUDE, owned_by="anthropic", context_window=200_000, max_output_tokens=64_000)
+    make_visible_model(
+        model, prices=CLAUDE_PRICES, base_url=gateway.upstream.url, provider="anthropic", upstream_model="claude-up"
+    )
+    gateway.refresh()
+    return gateway

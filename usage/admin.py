@@ -13,6 +13,17 @@ from billing.keys import KEY_START, PREFIX_LENGTH
 from usage.models import UsageRecord
 
 
+def w3c_trace_id(term: str) -> str | None:
+    """The 32 hex digits of a bare W3C trace id or of a whole `traceparent` value, else None."""
+    term = term.strip().lower()
+    parts = term.split("-")
+    if len(parts) == 4 and len(parts[1]) == 32:  # 00-<trace id>-<parent id>-<flags>
+        term = parts[1]
+    if len(term) == 32 and all(c in "0123456789abcdef" for c in term):
+        return term
+    return None
+
+
 @admin.register(UsageRecord)
 class UsageRecordAdmin(IdSearchMixin, ViewOnlyAdmin):
     list_display = [
@@ -76,7 +87,7 @@ class UsageRecordAdmin(IdSearchMixin, ViewOnlyAdmin):
                 ]
             },
         ),
-        ("Billing", {"fields": ["billing_result", "cost", "price_snapshot", "hold"]}),
+        ("Billing", {"fields": ["billing_result", "cost", "uncharged_usd", "price_snapshot", "hold"]}),
         (
             "Tokens",
             {
@@ -104,9 +115,11 @@ class UsageRecordAdmin(IdSearchMixin, ViewOnlyAdmin):
             if len(term) >= PREFIX_LENGTH:
                 return queryset.filter(key_prefix=term[:PREFIX_LENGTH]), False
             return queryset.filter(key_prefix__startswith=term), False
-        if term and " " not in term and len(term) == 32 and all(c in "0123456789abcdef" for c in term):
-            # A W3C trace id (from a client's traceparent) or a request id without its prefix.
-            return queryset.filter(Q(trace_id=term) | Q(request_id=term)), False
+        hex_id = w3c_trace_id(term)
+        if hex_id is not None:
+            # A W3C trace id (the client's traceparent, or the whole header pasted), or a request id
+            # without its prefix: stored as trace_<hex> / req_<hex>.
+            return queryset.filter(Q(trace_id=f"trace_{hex_id}") | Q(request_id=f"req_{hex_id}")), False
         return super().get_search_results(request, queryset, search_term)
 
     @admin.display(description="cost (USD)", ordering="cost_usd")

@@ -75,6 +75,11 @@ class UsageRecord(models.Model):
     max_tokens_applied = models.PositiveIntegerField(null=True, blank=True)
 
     cost_usd = MoneyField(default=0)
+    uncharged_usd = MoneyField(
+        default=0,
+        help_text="What the usage cost above the request's hold: a hold is settled for at most its amount, so "
+        "this was not charged. Non-zero means the request's cost bound was wrong; it is never capped silently.",
+    )
     billing_result = models.CharField(max_length=24, choices=BillingResult.choices, default=BillingResult.PENDING)
     price_snapshot = models.ForeignKey(
         "billing.PriceSnapshot",

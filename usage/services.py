@@ -70,7 +70,7 @@ def routes_probe(*, model: str | None = None) -> list[tuple[Route, bool]]:
     routes = list(Route.objects.filter(active=True).select_related("model").order_by("model__name", "priority"))
     if model is not None:
         routes = [route for route in routes if route.model.name == model]
-    secrets = {}
+    secrets: dict[int, str | None] = {}
     for route in routes:
         try:
             secrets[route.pk] = services.route_secret(route)
@@ -82,9 +82,10 @@ def routes_probe(*, model: str | None = None) -> list[tuple[Route, bool]]:
         async with aiohttp.ClientSession(timeout=timeout) as session:
 
             async def one(route: Route) -> dict:
-                if secrets[route.pk] is None:
+                secret = secrets[route.pk]
+                if secret is None:
                     return {"ok": False, "error": "secret cannot be decrypted with the configured keys"}
-                return await _probe_one(session, route, secrets[route.pk])
+                return await _probe_one(session, route, secret)
 
             return await asyncio.gather(*(one(route) for route in routes))
 

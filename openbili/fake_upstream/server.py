@@ -862,7 +862,7 @@ def _anthropic_usage(t: _Tokens, output: int | None = None) -> dict[str, Any]:
 
 async def _messages(call: _Call) -> web.StreamResponse:
     body = call.body
-    names = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict) and t.get("name")]
+    names = [str(t["name"]) for t in body.get("tools") or [] if isinstance(t, dict) and t.get("name")]
     tool = call.tool(names)
     if tool is not None:
         pieces, truncated = _split_args(tool[1], call.state.chunks), False
@@ -1013,7 +1013,7 @@ def _response_obj(call: _Call, rid: str, created: int, status: str, output: list
 
 async def _responses(call: _Call) -> web.StreamResponse:
     body = call.body
-    names = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict) and t.get("name")]
+    names = [str(t["name"]) for t in body.get("tools") or [] if isinstance(t, dict) and t.get("name")]
     tool = call.tool(names)
     if tool is not None:
         pieces, truncated = _split_args(tool[1], call.state.chunks), False
@@ -1113,6 +1113,7 @@ async def _responses(call: _Call) -> web.StreamResponse:
             _close(call.request)
             return resp
         if mid_error is not None:
+            assert call.scen is not None and call.scen.status is not None  # mid_error comes from the scenario
             err = _error_body("openai", call.scen.status, call.scen)["error"]
             await resp.write(ev("error", code=err["code"] or err["type"], message=err["message"], param=None))
             await resp.write_eof()
@@ -1222,6 +1223,7 @@ async def _gemini(call: _Call, stream: bool) -> web.StreamResponse:
                 names.append(decl["name"])
     tool = call.tool(names)
     image = "image" in model
+    parts_list: list[list[dict[str, Any]]]
     if tool is not None:
         parts_list = [[{"functionCall": {"name": tool[0], "args": json.loads(tool[1])}}]]
         n_out, finish = 1, "STOP"
@@ -1285,6 +1287,7 @@ async def _gemini(call: _Call, stream: bool) -> web.StreamResponse:
             else:
                 await resp.write((b"[" if i == 0 else b",\r\n") + data)
         if mid_error is not None:
+            assert call.scen is not None and call.scen.status is not None  # mid_error comes from the scenario
             err = _dumps(_error_body("gemini", call.scen.status, call.scen))
             if sse:
                 await resp.write(b"data: " + err + b"\r\n\r\n")
@@ -1575,7 +1578,7 @@ class FakeUpstream:
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
         await site.start()
         self._runner = runner
-        server = site._server  # the bound socket tells us the real port when port=0
+        server: Any = site._server  # the bound socket tells us the real port when port=0
         if server is not None and server.sockets:
             self.port = server.sockets[0].getsockname()[1]
         return self

@@ -685,7 +685,6 @@ def test_price_version_with_a_future_start(admin_client, visible_model):
 def test_usage_search(admin_client):
     key, secret = services.key_create(account=AccountFactory(name="Searchable Org"), name="k")
     row = make_usage(account=key.account, key=key, model="claude-sonnet-4-6")
-    w3c = make_usage(trace_id="4bf92f3577b34da6a3ce929d0e0e4736")
     make_usage()  # noise
 
     def search(term):
@@ -699,8 +698,32 @@ def test_usage_search(admin_client):
     assert search(secret) == [row]  # a pasted whole key matches on its prefix
     assert search("Searchable") == [row]
     assert search("claude-sonnet") == [row]
-    assert search("4bf92f3577b34da6a3ce929d0e0e4736") == [w3c]
     assert search("req_does_not_exist") == []
+
+
+def test_usage_search_by_the_bare_w3c_trace_id_a_client_sent(gateway, admin_client):
+    # given a real request that carried a W3C traceparent (stored as trace_<hex>)
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    response = gateway.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+    )
+    assert response.headers["x-trace-id"] == f"trace_{trace}"
+    row = gateway.row(response.headers["x-request-id"])
+
+    def search(term):
+        page = admin_client.get(url(UsageRecord, "changelist"), {"q": term})
+        assert page.status_code == 200
+        return list(page.context["cl"].result_list)
+
+    # then the operator finds it by what the client knows: the bare id, upper case, the whole header
+    assert search(trace) == [row]
+    assert search(trace.upper()) == [row]
+    assert search(f"00-{trace}-00f067aa0ba902b7-01") == [row]
+    assert search(f"trace_{trace}") == [row]
+    assert search(row.request_id.removeprefix("req_")) == [row]
+    assert search("0" * 31 + "1") == []
 
 
 def test_usage_page_is_read_only_and_complete(admin_client):

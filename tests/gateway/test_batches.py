@@ -133,6 +133,8 @@ def test_a_batched_reserve_and_settle_keep_the_ledger_exact(transactional_db):
     assert entries[-1].balance_after == account.balance == selectors.ledger_sum(account_id=account.pk)
     rows = {row.request_id: row for row in UsageRecord.objects.filter(request_id__in=holds)}
     assert [rows[item["request_id"]].billing_result for item in items] == ["billed", "not_billed", "billed"]
+    # the capped one says what it did not charge; the others charged everything
+    assert [rows[item["request_id"]].uncharged_usd for item in items] == [0, 0, Decimal("0.4")]
     assert rows[items[0]["request_id"]].attempts == [{"attempt": 1, "status": 200}]
     assert Hold.objects.get(pk=holds[items[1]["request_id"]]).state == Hold.State.RELEASED
 

@@ -12,7 +12,7 @@ from decimal import Decimal
 from django.utils import timezone
 
 from billing import services
-from billing.models import CatalogModel, PriceSnapshot, Route
+from billing.models import CatalogModel, Hold, PriceSnapshot, Route
 from tests.gateway.support import MSG, assert_ids, assert_outcome, cost_of
 
 
@@ -260,3 +260,19 @@ def test_answer_without_upstream_usage_is_billed_at_the_estimate(gateway):
         tokens["output_tokens"],
         True,
     )
+
+
+def test_usage_above_the_hold_is_charged_up_to_it_and_the_rest_recorded(gateway):
+    # given an upstream that reports far more output than the request allowed (a provider bug, or
+    # a bound that was wrong): the ledger can charge at most the hold
+    gateway.upstream.script(tokens={"prompt": 10, "completion": 5_000})
+    response = gateway.post("/v1/chat/completions", json={"model": "gpt-5", "messages": MSG, "max_tokens": 10})
+    assert response.status_code == 200
+    request_id, _ = assert_ids(response.headers)
+    hold = Hold.objects.get(request_id=request_id)
+    full = cost_of(input_tokens=10, output_tokens=5_000)
+    assert full > hold.amount
+    # then the charge is the hold, and the row says what was not charged: never capped silently
+    row = assert_outcome(gateway, request_id, billing_result="billed", status=200, cost=hold.amount)
+    assert row.uncharged_usd == full - hold.amount
+    assert (row.input_tokens, row.output_tokens) == (10, 5_000)

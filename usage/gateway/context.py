@@ -109,6 +109,7 @@ class Ctx:
             "max_tokens_requested": None,
             "max_tokens_applied": None,
             "cost_usd": 0,
+            "uncharged_usd": 0,
             "billing_result": "pending",
             "price_snapshot_id": None,
             "output_reached_client": False,

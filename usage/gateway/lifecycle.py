@@ -157,7 +157,21 @@ async def admit(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receive, send
 class Call:
     """One reserved request talking to upstream, until its hold is settled."""
 
-    def __init__(self, state, ctx, endpoint, send, receive, model, prices, body, raw, parsed, *, ttl):
+    def __init__(
+        self,
+        state: GatewayState,
+        ctx: Ctx,
+        endpoint: Endpoint,
+        send,
+        receive,
+        model: ModelInfo,
+        prices: money.Prices,
+        body: dict,
+        raw: bytes,
+        parsed: Parsed,
+        *,
+        ttl: int,
+    ) -> None:
         self.state: GatewayState = state
         self.ctx: Ctx = ctx
         self.endpoint: Endpoint = endpoint
@@ -170,6 +184,7 @@ class Call:
         self.parsed: Parsed = parsed
         self.stream: bool = parsed.stream
         self.hold_id: int | None = None
+        self.hold_amount = money.ZERO
         self.ttl = ttl
         self.renew_at = time.monotonic() + ttl / 3  # a stream outliving this renews its hold
         self.attempts: list[dict] = []
@@ -184,6 +199,7 @@ class Call:
         """The hold's id (None: the account cannot cover `amount`), with the pending usage row."""
         ctx, row = self.ctx, self.ctx.row
         assert self.state.reserves is not None and row is not None
+        self.hold_amount = amount
         item = {column: row[column] for column in sql.STARTING_COLUMNS}
         task = asyncio.ensure_future(
             self.state.reserves.submit(row["account_id"], item | {"amount": amount, "ttl_seconds": self.ttl})
@@ -430,7 +446,7 @@ class Call:
         error = failure or UpstreamError("The upstream interrupted the stream.", code="upstream_stream_interrupted")
         message = reader.upstream_error.message if reader.upstream_error else error.message
         await self.settle(
-            usage if (output or usage) else money.TokenUsage(),
+            usage if usage is not None and (output or not usage.is_empty) else money.TokenUsage(),
             billing_result="failed_but_billable" if (output or usage) else "not_billed",
             status=200,
             estimated=estimated,
@@ -522,6 +538,12 @@ class Call:
         self.settled = True
         try:
             cost = money.usage_cost(self.prices, usage) if billing_result != "not_billed" else money.ZERO
+            if cost > self.hold_amount:
+                # Charged up to the hold only (the row's uncharged_usd keeps the rest): the bound
+                # of endpoints/base.py was wrong for this request, which an operator must see.
+                log.warning(
+                    "request_id=%s usage cost %s exceeded its hold %s", self.ctx.request_id, cost, self.hold_amount
+                )
             route = self.route
             row = self.ctx.row
             assert row is not None

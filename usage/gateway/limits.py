@@ -159,6 +159,7 @@ class Limiter:
         self.lease_size[key.id] = size
         # A zero limit means "none": give the script a limit it can never reach.
         limits = [limit or 2**62 for _, limit, _, _ in counters]
+        assert self.admit_script is not None  # admit() went to admit_in_memory otherwise
         try:
             refused, count = await self.admit_script(keys=names, args=[*limits, WINDOW + 1, size, back])
         except Exception as exc:
@@ -240,9 +241,11 @@ class Limiter:
                 return
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name, tokens in due.items():
-                    pipe.incrby(name, tokens).expire(name, WINDOW + 1)
+                    pipe.incrby(name, tokens)
+                    pipe.expire(name, WINDOW + 1)
                 for name, slots in back.items():
-                    pipe.decrby(name, slots).expire(name, WINDOW + 1)
+                    pipe.decrby(name, slots)
+                    pipe.expire(name, WINDOW + 1)
                 await pipe.execute()
         except Exception as exc:
             self.fail_open(exc)

@@ -12,7 +12,7 @@ COLUMNS = (
     "request_id", "trace_id", "account_id", "api_key_id", "key_prefix", "endpoint", "model_requested",
     "route_id", "provider", "upstream_model", "stream", "status", "error_class", "error_code", "error_message",
     "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens",
-    "image_count", "tokens_estimated", "max_tokens_requested", "max_tokens_applied", "cost_usd",
+    "image_count", "tokens_estimated", "max_tokens_requested", "max_tokens_applied", "cost_usd", "uncharged_usd",
     "billing_result", "price_snapshot_id", "output_reached_client", "client_disconnected_at", "started_at",
     "first_byte_at", "finished_at", "attempts", "user_agent",
 )  # fmt: skip
@@ -25,7 +25,7 @@ TYPES = {
     "error_code": "text", "error_message": "text", "input_tokens": "integer", "output_tokens": "integer",
     "cached_input_tokens": "integer", "cache_write_tokens": "integer", "reasoning_tokens": "integer",
     "image_count": "integer", "tokens_estimated": "boolean", "max_tokens_requested": "integer",
-    "max_tokens_applied": "integer", "cost_usd": "numeric", "billing_result": "text",
+    "max_tokens_applied": "integer", "cost_usd": "numeric", "uncharged_usd": "numeric", "billing_result": "text",
     "price_snapshot_id": "bigint", "output_reached_client": "boolean", "client_disconnected_at": "timestamptz",
     "started_at": "timestamptz", "first_byte_at": "timestamptz", "finished_at": "timestamptz",
     "attempts": "text", "user_agent": "text",  # attempts: a JSON document, cast where written
@@ -65,7 +65,7 @@ PENDING_CONSTANTS = {
     "route_id": "NULL", "provider": "''", "upstream_model": "''", "status": "NULL", "error_class": "''",
     "error_code": "''", "error_message": "''", "input_tokens": "0", "output_tokens": "0",
     "cached_input_tokens": "0", "cache_write_tokens": "0", "reasoning_tokens": "0", "image_count": "0",
-    "tokens_estimated": "false", "cost_usd": "0", "billing_result": "'pending'", "output_reached_client": "false",
+    "tokens_estimated": "false", "cost_usd": "0", "uncharged_usd": "0", "billing_result": "'pending'", "output_reached_client": "false",
     "client_disconnected_at": "NULL", "first_byte_at": "NULL", "finished_at": "NULL", "attempts": "'[]'::jsonb",
 }  # fmt: skip
 assert set(STARTING_COLUMNS) | set(PENDING_CONSTANTS) == set(COLUMNS)
@@ -124,6 +124,7 @@ WITH {req},
     UPDATE usage_usagerecord u
        SET {_SETS},
            cost_usd = COALESCE(h.settled_amount, 0),
+           uncharged_usd = GREATEST(req.cost - COALESCE(h.settled_amount, 0), 0),
            billing_result = CASE WHEN COALESCE(h.settled_amount, 0) = 0 AND req.billing_result <> 'billed'
                                  THEN 'not_billed' ELSE req.billing_result END
       FROM req LEFT JOIN h ON h.request_id = req.request_id

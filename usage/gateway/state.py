@@ -123,7 +123,7 @@ def _load_catalog() -> dict[str, ModelInfo]:
     close_old_connections()
     try:
         entries = selectors.catalog_entries()
-        future = {}
+        future: dict[int, list[PriceVersion]] = {}
         for version in PriceVersion.objects.filter(effective_from__gt=datetime.now().astimezone()).order_by(
             "-effective_from"
         ):

@@ -78,7 +78,7 @@ class MessagesEndpoint(Endpoint):
         thinking = body.get("thinking")
         budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
         # The budget must stay below max_tokens, or a clamped request would be refused upstream.
-        if isinstance(budget, int) and budget >= applied:
+        if isinstance(thinking, dict) and isinstance(budget, int) and budget >= applied:
             body["thinking"] = {**thinking, "budget_tokens": max(applied - 1, 1)}
         return applied
 
