@@ -38,6 +38,10 @@ DEFAULT_CATALOG_PATH = Path(settings.BASE_DIR) / "fixtures" / "catalog.toml"
 
 DEMO_ROUTE_NAME = "demo"
 DEMO_SECRET = "demo"  # the offline demo upstream accepts any key  # noqa: S105 - not a secret
+# Wire formats the demo upstream speaks that the gateway has a provider for: a model whose file
+# routes use one of them keeps it in the demo (Claude on /v1/messages, passed through); others
+# (Gemini, until its provider lands) go through the OpenAI-compatible format.
+DEMO_NATIVE_PROVIDERS = ("openai", "anthropic")
 
 _PG_INT_MAX = 2_147_483_647  # PositiveIntegerField is a PostgreSQL integer
 _DECIMAL_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
@@ -388,7 +392,8 @@ def catalog_load(
     """Load parsed catalog entries in one transaction (see the module docstring).
 
     `demo_upstream`: instead of the file's routes, every model gets one active route "demo" to that
-    OpenAI-compatible upstream (the offline demo); the model's other routes are left as they are.
+    upstream (the offline demo, which speaks every provider's format), in its file routes' format
+    where the gateway has that provider, else OpenAI's; the model's other routes are left as they are.
     `dry_run`: do everything, report it, then roll it all back.
     """
     if demo_upstream is not None and deactivate_missing:
@@ -413,9 +418,13 @@ def _load_model(
         CatalogModel, {"name": spec.name}, spec.fields, spec.where, f"model {spec.name}", result.models, result.changes
     )
     if demo_url is not None:
+        provider = next((r.fields["provider"] for r in spec.routes if "provider" in r.fields), "openai")
+        if provider not in DEMO_NATIVE_PROVIDERS:
+            provider = Route.Provider.OPENAI.value
         demo = {
-            "provider": Route.Provider.OPENAI.value,
-            "base_url": demo_url,
+            "provider": provider,
+            # Anthropic's base URL has no /v1 (its provider adds /v1/messages), OpenAI's has.
+            "base_url": demo_url.removesuffix("/v1") if provider == "anthropic" else demo_url,
             "upstream_model": spec.name,
             "secret_env": "",
             "priority": 1,

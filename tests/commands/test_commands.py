@@ -390,9 +390,11 @@ def test_catalog_load_demo_upstream_adds_one_encrypted_demo_route_per_model_and_
     demo_routes = Route.objects.filter(name="demo")
     assert demo_routes.count() == 9
     for route in demo_routes.select_related("model"):
+        # Claude keeps Anthropic's format (passed through on /v1/messages); the others speak OpenAI's
+        claude = route.model.name.startswith("claude")
         assert (route.provider, route.base_url, route.upstream_model) == (
-            "openai",
-            "http://127.0.0.1:18181/v1",
+            "anthropic" if claude else "openai",
+            "http://127.0.0.1:18181" if claude else "http://127.0.0.1:18181/v1",
             route.model.name,
         )
         assert (route.priority, route.active, route.secret_env) == (1, True, "")

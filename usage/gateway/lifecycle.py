@@ -132,9 +132,12 @@ async def admit(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receive, send
     price = model.price_at(ctx.started_at)
     if price is None:
         raise ModelNotReady(f"The model '{parsed.model}' has no price yet.", param="model")
-    assert state.limiter is not None
-    await state.limiter.admit(key)
     applied = endpoint.clamp(body, parsed, model)
+    assert state.limiter is not None
+    # TPM is reserved up front (OpenAI's rule: the prompt's estimate plus max_tokens) and corrected
+    # to the actual usage when the request settles, so a burst cannot overshoot the limit.
+    tpm_tokens = estimate_tokens(len(raw)) + (applied or 0) * parsed.choices
+    await state.limiter.admit(key, tokens=tpm_tokens)
     row.update(max_tokens_applied=applied, price_snapshot_id=price.snapshot_id)
     ttl = hold_ttl(model)
     hold_amount = money.max_cost(
@@ -143,6 +146,7 @@ async def admit(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receive, send
         max_output_tokens=endpoint.output_bound(parsed, applied, model),
     )
     call = Call(state, ctx, endpoint, send, receive, model, price.prices, body, raw, parsed, ttl=ttl)
+    call.tpm_tokens = tpm_tokens
     hold_id = await call.reserve(hold_amount)
     if hold_id is None:
         raise InsufficientBalance(
@@ -185,6 +189,7 @@ class Call:
         self.stream: bool = parsed.stream
         self.hold_id: int | None = None
         self.hold_amount = money.ZERO
+        self.tpm_tokens = 0  # reserved at admission, corrected at settle
         self.ttl = ttl
         self.renew_at = time.monotonic() + ttl / 3  # a stream outliving this renews its hold
         self.attempts: list[dict] = []
@@ -583,7 +588,7 @@ class Call:
             if charged is None:
                 await self.record_lost_reserve(row)
             assert self.state.limiter is not None and self.ctx.key is not None
-            self.state.limiter.consume(self.ctx.key, usage)
+            self.state.limiter.consume(self.ctx.key, usage, reserved=self.tpm_tokens)
         except Exception:
             # The hold stays open and the sweeper releases it; the customer is not charged twice.
             log.exception("request_id=%s settle failed", self.ctx.request_id)

@@ -111,7 +111,7 @@ class Limiter:
                 out.append((f"{PREFIX}:{ident}:t:{window}", tpm or 0, "tokens", owner))
         return out
 
-    async def admit(self, key) -> None:
+    async def admit(self, key, tokens: int = 0) -> None:
         """Count one request against the key and its account, or raise RateLimited (429)."""
         if not (key.rpm_limit or key.tpm_limit or key.account_rpm_limit or key.account_tpm_limit):
             return
@@ -206,7 +206,7 @@ class Limiter:
         if refused:
             raise self.refusal(counters, refused, count, now)
 
-    def consume(self, key, usage: TokenUsage) -> None:
+    def consume(self, key, usage: TokenUsage, reserved: int = 0) -> None:
         """Count a settled request's tokens: added up in memory and written to the shared counters
         by one pipeline every FLUSH_SECONDS, off the response's path (at 600 req/s, a dozen round
         trips a second instead of 600)."""
