@@ -19,6 +19,7 @@ released and its row finished before the handler returns (`Call.run`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -149,6 +150,7 @@ async def admit(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receive, send
     call.tpm_tokens = tpm_tokens
     hold_id = await call.reserve(hold_amount)
     if hold_id is None:
+        state.limiter.consume(key, money.TokenUsage(), reserved=tpm_tokens)  # its TPM back: nothing ran
         raise InsufficientBalance(
             f"This request may cost up to ${hold_amount.normalize():f}, more than the account's available credit."
         )
@@ -198,6 +200,7 @@ class Call:
         self.translation: Translation | None = None
         self.response: aiohttp.ClientResponse | None = None
         self.reader: StreamReader | None = None
+        self.output_sent = False  # output bytes reached the client (the row's output_reached_client)
         self.settled = False
 
     async def reserve(self, amount) -> int | None:
@@ -292,6 +295,9 @@ class Call:
                 response = await self.state.http.request(
                     call.method, call.url, headers=call.headers, data=call.body, timeout=timeout
                 )
+            except asyncio.CancelledError:
+                self.record(route, None, "cancelled", started)  # the upstream was called: keep it
+                raise
             except TimeoutError:
                 failure = UpstreamFailure(UpstreamTimeout(), retryable=True)
             except aiohttp.ClientError as exc:
@@ -351,9 +357,16 @@ class Call:
         if self.translation is None:
             out = data  # pass-through: the upstream's bytes, untouched
         else:
-            if reply.data is None:
-                raise UpstreamError("the upstream returned a malformed response")
-            out = json.dumps(self.translation.response(reply.data)).encode()
+            try:
+                if reply.data is None:
+                    raise UpstreamError("the upstream returned a malformed response")
+                out = json.dumps(self.translation.response(reply.data)).encode()
+            except Exception as exc:
+                # The upstream did the work (and bills us for what it reports): so does the row.
+                if not isinstance(exc, OpenbiliError):
+                    log.exception("request_id=%s translating the reply failed", self.ctx.request_id)
+                error = exc if isinstance(exc, OpenbiliError) else OpenbiliError()
+                raise UpstreamOutcome(UpstreamFailure(error, usage=reply.usage)) from exc
         usage, estimated = reply.usage, False
         if usage is None:
             usage, estimated = self.estimate(reply.output_bytes), True
@@ -399,20 +412,27 @@ class Call:
                 ],
             }
         )
-        first_byte_at = None
+        assert ctx.row is not None
+        row = ctx.row
         cut = False
+        began = False  # an upstream event arrived: it has read (and bills) the prompt
         failure: OpenbiliError | None = None
         try:
             async for chunk in response.content.iter_any():
                 events = reader.feed(chunk)
+                began = began or bool(events)
                 if translator is None:
                     out = b"".join(e.raw for e in events if not e.final and (wants_usage or not e.hidden))
                 else:
                     out = b"".join(endpoint.encode(client) for e in events for client in translator.feed(e))
+                if ctx.disconnected_at is not None:
+                    break  # nobody to send to: what the upstream made so far never reached the client
                 if out:
-                    if first_byte_at is None:
-                        first_byte_at = now_utc()
+                    if row["first_byte_at"] is None:
+                        row["first_byte_at"] = now_utc()
                     await self.send({"type": "http.response.body", "body": out, "more_body": True})
+                    # What the client got, as opposed to what the upstream generated (billed).
+                    self.output_sent = reader.output_events > 0
                 if reader.completed or reader.upstream_error is not None or ctx.disconnected_at is not None:
                     break
                 if time.monotonic() >= self.renew_at:
@@ -422,9 +442,7 @@ class Call:
         except Exception:  # a bug (say, in a translation) mid-stream: bill what was sent, end the stream
             log.exception("request_id=%s trace_id=%s stream relay failed", ctx.request_id, ctx.trace_id)
             failure = OpenbiliError()
-        assert ctx.row is not None
-        ctx.row["first_byte_at"] = first_byte_at
-        output = reader.output_events > 0
+        output = began or reader.output_events > 0  # the upstream consumed tokens: billable
         usage, estimated = reader.usage, False
         if ctx.disconnected_at is not None:
             if usage is None:
@@ -433,8 +451,8 @@ class Call:
                 usage if output else money.TokenUsage(),
                 billing_result="failed_but_billable" if output else "not_billed",
                 status=200,
-                estimated=estimated,
-                output_reached=output,
+                estimated=estimated and output,
+                output_reached=self.output_sent,
                 error=("client_disconnected", "The client disconnected during the stream."),
             )
             return
@@ -455,7 +473,7 @@ class Call:
             billing_result="failed_but_billable" if (output or usage) else "not_billed",
             status=200,
             estimated=estimated,
-            output_reached=output,
+            output_reached=self.output_sent,
             error=(error.code, message),
         )
         event = endpoint.stream_error(error, request_id=ctx.request_id, trace_id=ctx.trace_id)
@@ -480,9 +498,13 @@ class Call:
                 return
 
     def estimate(self, output_bytes: int) -> money.TokenUsage:
-        return money.TokenUsage(
-            input_tokens=estimate_tokens(len(self.raw)), output_tokens=estimate_tokens(output_bytes)
-        )
+        """Usage the upstream did not report: the output from what was generated; the input as the
+        stream reported it before it broke (Anthropic's message_start), else from the request."""
+        output_tokens = estimate_tokens(output_bytes)
+        reported = self.reader.input_usage if self.reader is not None else None
+        if reported is not None:
+            return dataclasses.replace(reported, output_tokens=output_tokens)
+        return money.TokenUsage(input_tokens=estimate_tokens(len(self.raw)), output_tokens=output_tokens)
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -494,13 +516,17 @@ class Call:
         ctx = self.ctx
         stream_started = ctx.response_started
         reader = self.reader
+        estimated = False
         if stream_started and reader is not None and reader.output_events and usage is None:
-            usage = reader.usage or self.estimate(reader.output_chars)
+            usage, estimated = reader.usage, False
+            if usage is None:
+                usage, estimated = self.estimate(reader.output_chars), True
         await self.settle(
             usage or money.TokenUsage(),
             billing_result="failed_but_billable" if usage and not usage.is_empty else "not_billed",
             status=200 if stream_started else error.status,
-            output_reached=bool(stream_started and reader is not None and reader.output_events),
+            estimated=estimated,
+            output_reached=self.output_sent,
             error=(error.code, error.message),
             error_class=error.error_class,
         )
@@ -577,7 +603,7 @@ class Call:
                     error_message=db_text(message, 500),
                     error_class=error_class or (STREAM_INTERRUPTED if status == 200 else "upstream_or_platform_error"),
                 )
-            if row["first_byte_at"] is None and output_reached:
+            if row["first_byte_at"] is None and output_reached:  # a whole answer, sent after the settle
                 row["first_byte_at"] = row["finished_at"]
             # Shielded: a client going away must not cancel the settle half-way through.
             assert self.state.settles is not None
@@ -587,11 +613,13 @@ class Call:
             charged = await asyncio.shield(self.state.settles.submit(row["account_id"], item))
             if charged is None:
                 await self.record_lost_reserve(row)
-            assert self.state.limiter is not None and self.ctx.key is not None
-            self.state.limiter.consume(self.ctx.key, usage, reserved=self.tpm_tokens)
         except Exception:
             # The hold stays open and the sweeper releases it; the customer is not charged twice.
             log.exception("request_id=%s settle failed", self.ctx.request_id)
+        finally:
+            # The TPM reservation becomes the actual usage, whatever happened to the ledger write.
+            if self.state.limiter is not None and self.ctx.key is not None:
+                self.state.limiter.consume(self.ctx.key, usage, reserved=self.tpm_tokens)
 
     async def record_lost_reserve(self, row: dict) -> None:
         """No pending row to finish: the sweeper already finished it (a request that outlived its

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from billing.money import TokenUsage
@@ -199,6 +200,9 @@ class AnthropicReader(StreamReader):
                 # message_start's output_tokens (1) is no count of a stream cut later on. Without
                 # a message_delta, the lifecycle estimates the output from output_chars.
                 self._usage = dict(usage)
+                reported = usage_from_anthropic(usage)
+                if reported is not None:
+                    self.input_usage = replace(reported, output_tokens=0)
         elif kind == "message_delta":
             usage = data.get("usage") if data is not None else None
             if isinstance(usage, dict):

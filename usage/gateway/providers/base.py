@@ -82,10 +82,15 @@ class StreamReader:
     event inside a 200 stream; the lifecycle stops there, bills what was consumed and sends the
     client an error event of its own format). The error event itself is not returned, nor
     anything after it: the client must never see the upstream's error in the upstream's format.
+
+    `input_usage` is the input side the upstream reported before the end (Anthropic's
+    message_start: input, cache reads and writes), for a stream cut before its final usage: its
+    input is billed as reported and only the output is estimated.
     """
 
     def __init__(self) -> None:
         self.usage: TokenUsage | None = None
+        self.input_usage: TokenUsage | None = None
         self.output_events = 0
         self.output_chars = 0
         self.completed = False

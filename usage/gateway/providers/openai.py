@@ -97,9 +97,12 @@ class OpenAIReader(StreamReader):
             if not chunk.get("choices"):
                 return Event(raw, chunk, hidden=True)
         # The estimate (if the upstream never reports usage) counts the generated text, not the
-        # JSON envelope around it, which is ~50 times larger than a one-word delta.
-        self.output_chars += _text_bytes(chunk)
-        self.output_events += 1
+        # JSON envelope around it, which is ~50 times larger than a one-word delta. A chunk with
+        # no text (the role chunk, the finish_reason chunk) is no output.
+        size = _text_bytes(chunk)
+        if size:
+            self.output_chars += size
+            self.output_events += 1
         return Event(raw, chunk)
 
 
