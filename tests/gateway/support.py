@@ -120,3 +120,32 @@ def wait_until(condition: Callable[[], bool], *, what: str, timeout: float = 60.
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+def rejected(gateway, request_id: str, status: int, error_class: str, error_code: str, **kwargs) -> UsageRecord:
+    """A request refused before anything billable: one not_billed row, nothing charged."""
+    return assert_outcome(
+        gateway,
+        request_id,
+        billing_result="not_billed",
+        status=status,
+        cost=Decimal(0),
+        error_class=error_class,
+        error_code=error_code,
+        **kwargs,
+    )
+
+
+def sse_events(raw: bytes) -> list[tuple[str, bytes]]:
+    """(event name, data) of each SSE event of a body, in order (either line ending)."""
+    events = []
+    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
+        name, data = "", []
+        for line in block.split(b"\n"):
+            if line.startswith(b"event:"):
+                name = line[len(b"event:") :].strip().decode()
+            elif line.startswith(b"data:"):
+                data.append(line[len(b"data:") :].strip())
+        if name or data:
+            events.append((name, b"\n".join(data)))
+    return events

@@ -23,25 +23,12 @@ from tests.gateway.support import (
     assert_outcome,
     assert_sdk_error,
     cost_of,
+    rejected,
 )
 from usage.models import UsageRecord
 
 CHAT = "/v1/chat/completions"
 UNKNOWN_KEY = "sk-ob-" + "A" * 43
-
-
-def rejected(gateway, request_id, status, error_class, error_code, **kwargs):
-    """A request refused before anything billable: one not_billed row, nothing charged."""
-    return assert_outcome(
-        gateway,
-        request_id,
-        billing_result="not_billed",
-        status=status,
-        cost=Decimal(0),
-        error_class=error_class,
-        error_code=error_code,
-        **kwargs,
-    )
 
 
 # --- 401: keys -------------------------------------------------------------------------------------

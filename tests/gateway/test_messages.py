@@ -24,8 +24,10 @@ from tests.gateway.support import (
     assert_ledger,
     assert_no_row,
     assert_outcome,
+    rejected,
     row_cost,
 )
+from tests.gateway.support import sse_events as support_sse_events
 from tests.gateway_fixtures import CLAUDE, CLAUDE_PRICES, GPT_PRICES
 
 MESSAGES = "/v1/messages"
@@ -89,17 +91,7 @@ def anthropic_headers(key: str, **extra: str) -> dict[str, str]:
 
 def sse_events(raw: bytes) -> list[tuple[str, dict | None]]:
     """(event name, JSON data) of each event of an SSE body, in order."""
-    events = []
-    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
-        name, data = "", []
-        for line in block.split(b"\n"):
-            if line.startswith(b"event:"):
-                name = line[len(b"event:") :].strip().decode()
-            elif line.startswith(b"data:"):
-                data.append(line[len(b"data:") :].strip())
-        if name or data:
-            events.append((name, json.loads(b"\n".join(data)) if data else None))
-    return events
+    return [(name, json.loads(data) if data else None) for name, data in support_sse_events(raw)]
 
 
 def streamed_text(events: list[tuple[str, dict | None]]) -> str:
@@ -137,20 +129,6 @@ def assert_sdk_error(exc: anthropic.APIStatusError, cls: type, *, status: int, t
     assert exc.status_code == status
     assert exc.body == json.loads(exc.response.content)
     return assert_anthropic_error_body(exc.response, status=status, type_=type_)
-
-
-def rejected(gateway, request_id: str, status: int, error_class: str, error_code: str, **kwargs):
-    """A request refused before anything billable: one not_billed row, nothing charged."""
-    return assert_outcome(
-        gateway,
-        request_id,
-        billing_result="not_billed",
-        status=status,
-        cost=Decimal(0),
-        error_class=error_class,
-        error_code=error_code,
-        **kwargs,
-    )
 
 
 def assert_route_fields(row, via: Via, *, endpoint: str = MESSAGES) -> None:

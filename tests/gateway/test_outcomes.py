@@ -29,7 +29,15 @@ import pytest
 
 from billing import money
 from billing.models import Hold, Route
-from tests.gateway.support import MSG, assert_error_body, assert_ids, assert_outcome, row_cost, wait_until
+from tests.gateway.support import (
+    MSG,
+    assert_error_body,
+    assert_ids,
+    assert_outcome,
+    row_cost,
+    sse_events,
+    wait_until,
+)
 from tests.gateway_fixtures import CLAUDE, CLAUDE_PRICES, GPT_PRICES
 from usage.gateway import lifecycle
 from usage.gateway.providers import PROVIDERS
@@ -124,21 +132,6 @@ def sdk_create(gateway, fmt: str, model: str, *, stream: bool = False):
     return gateway.anthropic(timeout=20).messages.with_raw_response.create(
         model=model, max_tokens=1024, messages=MSG, stream=stream
     )
-
-
-def sse_events(raw: bytes) -> list[tuple[str, bytes]]:
-    """(event name, data) of each SSE event, in order."""
-    events = []
-    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
-        name, data = "", []
-        for line in block.split(b"\n"):
-            if line.startswith(b"event:"):
-                name = line[len(b"event:") :].strip().decode()
-            elif line.startswith(b"data:"):
-                data.append(line[len(b"data:") :].strip())
-        if name or data:
-            events.append((name, b"\n".join(data)))
-    return events
 
 
 def has_text(fmt: str, event: dict) -> bool:
