@@ -13,27 +13,11 @@ import redis
 from django.conf import settings
 
 from openbili.core.errors import RateLimited
+from tests.gateway.limiter_support import a_key, fresh_window
 from usage.gateway import limits
 from usage.gateway.limits import Limiter
 
 pytestmark = pytest.mark.skipif(not settings.REDIS_URL, reason="leases exist only with Redis")
-
-KEY_IDS = iter(range(10**6, 2 * 10**6))
-
-
-def a_key(*, rpm=None, tpm=None, account_rpm=None):
-    """A fresh key (and account) id per test, so counters of earlier runs never interfere."""
-    ident = next(KEY_IDS) + int(time.time() * 1000) % 10**6 * 10**6
-    return SimpleNamespace(
-        id=ident, account_id=ident, rpm_limit=rpm, tpm_limit=tpm, account_rpm_limit=account_rpm, account_tpm_limit=None
-    )
-
-
-def fresh_window() -> None:
-    """Start a test well inside a one-minute window, so its counters never roll over mid-test."""
-    into = time.time() % limits.WINDOW
-    if into > limits.WINDOW - 8:
-        time.sleep(limits.WINDOW - into + 0.05)
 
 
 def request_count(key) -> int:

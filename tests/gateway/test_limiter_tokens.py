@@ -20,28 +20,12 @@ from django.conf import settings
 from billing.models import ApiKey
 from billing.money import TokenUsage
 from openbili.core.errors import RateLimited
+from tests.gateway.limiter_support import a_key, fresh_window
 from tests.gateway.support import MSG, wait_until
 from tests.gateway.test_rate_limits import assert_rate_limited
 from usage.gateway import limits
 from usage.gateway.limits import Limiter
 from usage.models import UsageRecord
-
-KEY_IDS = iter(range(2 * 10**6, 3 * 10**6))
-
-
-def a_key(*, rpm=None, tpm=None, account_tpm=None):
-    """A fresh key (and account) id per test, so counters of earlier runs never interfere."""
-    ident = next(KEY_IDS) + int(time.time() * 1000) % 10**6 * 10**6
-    return SimpleNamespace(
-        id=ident, account_id=ident, rpm_limit=rpm, tpm_limit=tpm, account_rpm_limit=None, account_tpm_limit=account_tpm
-    )
-
-
-def fresh_window() -> None:
-    """Start a test well inside a one-minute window, so its counters never roll over mid-test."""
-    into = time.time() % limits.WINDOW
-    if into > limits.WINDOW - 8:
-        time.sleep(limits.WINDOW - into + 0.05)
 
 
 def counter_name(key, what: str, scope: str = "k") -> str:
