@@ -1138,3 +1138,20 @@ def test_balance_is_the_ledger_sum_after_a_mixed_session(claude):
     assert spent == Decimal("0.000251")
     account = assert_ledger(claude.account.pk, spent=spent)
     assert account.balance == START_CREDIT - Decimal("0.000251")
+
+
+def test_the_anthropic_sdk_sees_the_request_id_on_answers_and_errors(claude):
+    # given the SDK, which reads Anthropic's `request-id` header into `.request_id`
+    client = claude.anthropic()
+    # when a request succeeds, then its message carries the usage row's request id
+    raw = client.messages.with_raw_response.create(
+        model=CLAUDE, max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+    )
+    message = raw.parse()
+    assert message._request_id == raw.headers["x-request-id"] == raw.headers["request-id"]
+    assert claude.row(message._request_id).billing_result == "billed"
+    # and when it fails, the exception carries it too
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        client.messages.create(model="no-such-model", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.request_id == caught.value.response.headers["x-request-id"]
+    assert claude.row(caught.value.request_id).error_code == "model_not_found"

@@ -27,7 +27,7 @@ import httpx
 import openai
 import pytest
 
-from billing import money
+from billing import money, services
 from billing.models import Hold, Route
 from tests.gateway.support import (
     MSG,
@@ -947,3 +947,47 @@ def test_handler_cancelled_mid_stream_bills_the_output_sent(claude, monkeypatch,
     )
     # the stream's first bytes (sent at once) came at least a piece (100 ms) before the end
     assert (row.finished_at - row.first_byte_at).total_seconds() >= 0.05
+
+
+@pytest.mark.parametrize("fmt", ["chat", "messages"])
+def test_a_retry_to_a_route_of_another_format_starts_from_the_clients_request(claude, fmt):
+    # given claude-sonnet-4-6 with an Anthropic route that fails and, next, an OpenAI-compatible one
+    first = Route.objects.get(model__name=CLAUDE)
+    Route.objects.filter(pk=first.pk).update(priority=1)
+    second = Route.objects.create(
+        model=first.model,
+        name="compatible",
+        provider="openai",
+        base_url=claude.upstream.url + "/v1",
+        upstream_model="claude-compatible",
+        priority=2,
+    )
+    services.route_secret_set(route=second, secret="second-secret")
+    services.probe_record(route=second, ok=True, status_code=200)
+    claude.refresh()
+    claude.upstream.script(status=503, model="claude-up")
+    claude.upstream.script(model="claude-compatible", tokens=TOKENS)
+    # when the client calls, in either format
+    response, _ = post(claude, fmt, CLAUDE, stream=False)
+    assert response.status_code == 200, response.text
+    # then each attempt got a body in its own route's format, built from the client's request alone
+    anthropic_call, chat_call = claude.upstream.requests
+    assert anthropic_call["path"] == "/v1/messages" and chat_call["path"] == "/v1/chat/completions"
+    assert anthropic_call["json"]["model"] == "claude-up" and "max_tokens" in anthropic_call["json"]
+    assert chat_call["json"]["model"] == "claude-compatible"
+    assert {"system", "thinking", "stop_sequences"}.isdisjoint(chat_call["json"])  # nothing Anthropic leaked
+    assert chat_call["json"]["messages"][-1] == {"role": "user", "content": "Hello from Openbili"}
+    # and the bill is the second route's usage, both attempts on the trace
+    request_id = response.headers["x-request-id"]
+    row = assert_row(
+        claude,
+        request_id,
+        CLAUDE,
+        billing_result="billed",
+        status=200,
+        tokens=(TOKENS["prompt"], TOKENS["completion"]),
+        cost=COST[CLAUDE],
+        attempts=[(1, 503, "upstream_unavailable"), (2, 200, "")],
+        output_reached=True,
+    )
+    assert (row.route_id, row.provider, row.upstream_model) == (second.pk, "openai", "claude-compatible")

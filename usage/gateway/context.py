@@ -77,7 +77,12 @@ class Ctx:
         self.disconnected_at: datetime | None = None
 
     def id_headers(self) -> list[tuple[bytes, bytes]]:
-        return [(b"x-request-id", self.request_id.encode()), (b"x-trace-id", self.trace_id.encode())]
+        request_id = self.request_id.encode()
+        headers = [(b"x-request-id", request_id), (b"x-trace-id", self.trace_id.encode())]
+        if self.endpoint.startswith("/v1/messages"):
+            # The Anthropic SDK reads `request-id` (Anthropic's own header) into `.request_id`.
+            headers.append((b"request-id", request_id))
+        return headers
 
     def new_row(self, *, model: str = "", stream: bool = False) -> dict:
         """The usage row with every column at its starting value (see sql.COLUMNS)."""
