@@ -17,6 +17,7 @@ import pytest
 from billing import money, services
 from billing.models import ApiKey
 from tests.factories import AccountFactory
+from tests.gateway.limiter_support import fresh_window
 from tests.gateway.support import (
     MSG,
     START_CREDIT,
@@ -626,6 +627,7 @@ def test_upstream_429_raises_rate_limit_error_with_its_retry_after(claude, via, 
 
 
 def test_key_rpm_limit_raises_rate_limit_error(claude):
+    fresh_window()  # both requests in one one-minute window
     ApiKey.objects.filter(account=claude.account).update(rpm_limit=1)
     claude.refresh()
     claude.upstream.script(tokens={"prompt": 12, "completion": 8})

@@ -10,6 +10,7 @@ from django.conf import settings
 
 from billing import services
 from billing.models import Account, ApiKey
+from tests.gateway.limiter_support import fresh_window
 from tests.gateway.support import MSG, assert_sdk_error
 from usage.models import UsageRecord
 
@@ -17,6 +18,8 @@ CHAT = {"model": "gpt-5", "messages": MSG, "max_tokens": 10}
 
 
 def limit_key(gateway, **limits) -> None:
+    """Limit the test key, well inside a one-minute window (so the test's requests share one)."""
+    fresh_window()
     ApiKey.objects.filter(account=gateway.account).update(**limits)
     gateway.refresh()
 
@@ -64,6 +67,7 @@ def test_key_tpm_limit_counts_settled_tokens(gateway):
 
 
 def test_account_rpm_limit_is_shared_by_its_keys(gateway):
+    fresh_window()
     Account.objects.filter(pk=gateway.account.pk).update(rpm_limit=1)
     _, other = services.key_create(account=gateway.account, name="second")
     gateway.refresh()
