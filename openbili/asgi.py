@@ -21,8 +21,19 @@ async def application(scope, receive, send):
         await gateway(scope, receive, send)
     elif kind == "lifespan":
         await lifespan(receive, send)
+    elif kind == "websocket":
+        await refuse_websocket(receive, send)
     else:
         await django_application(scope, receive, send)
+
+
+async def refuse_websocket(receive, send):
+    """No endpoint speaks WebSocket. Closing before accepting makes the server answer the handshake
+    with 403 (ASGI spec), instead of Django failing on a scope it does not know (a 500 and a
+    traceback in the log)."""
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        await send({"type": "websocket.close", "code": 1008})
 
 
 async def lifespan(receive, send):

@@ -132,6 +132,14 @@ class UpstreamUnavailable(UpstreamError):
     message = "The upstream provider is unavailable."
 
 
+class ClientDisconnected(OpenbiliError):
+    status = 499  # nginx's "client closed request": the client left before any answer was sent
+    code = "client_disconnected"
+    error_class = "stream_interrupted"
+    openai_type = "invalid_request_error"
+    message = "The client closed the connection before the request was read."
+
+
 class IdempotencyConflict(OpenbiliError):
     status = 409
     code = "idempotency_conflict"

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gzip
 import itertools
 import json
 import os
@@ -179,6 +180,9 @@ class Scenario:
     # Hold the answer until the test opens this gate (FakeUpstream.open_gate or POST
     # /__fake__/gate/{name}): lets a test make "every request is in flight" an event, not a delay.
     gate: str | None = None
+    # Answer a non-stream request gzip-compressed (Content-Encoding: gzip), whatever the client
+    # asked for, as some proxies in front of real providers do.
+    gzip: bool = False
     cut_after_chunks: int | None = None
     chunk_delay_ms: float | None = None
     # content / usage
@@ -1425,8 +1429,20 @@ def _provider_for_models(request: web.Request) -> str:
     return "openai"
 
 
+SCENARIO = web.RequestKey("scenario", Scenario)  # the request's scenario, for handle() to post-process
+
+
 def _make_handler(state: UpstreamState):
     async def handle(request: web.Request) -> web.StreamResponse:
+        response = await answer(request)
+        scen = request.get(SCENARIO)
+        if scen is not None and scen.gzip and isinstance(response, web.Response) and response.body:
+            assert isinstance(response.body, bytes)
+            response.body = gzip.compress(response.body)
+            response.headers["Content-Encoding"] = "gzip"
+        return response
+
+    async def answer(request: web.Request) -> web.StreamResponse:
         path = request.path
         if path.startswith("/__fake__/"):
             return await _control(state, request)
@@ -1461,6 +1477,8 @@ def _make_handler(state: UpstreamState):
                 gemini_model if gemini_model is not None else (body.get("model") if isinstance(body, dict) else None)
             )
             scen = state.take(model, path, generation=True)
+        if scen is not None:
+            request[SCENARIO] = scen
 
         denied = _check_auth(state, request, provider, scen)
         if denied is not None:

@@ -469,7 +469,7 @@ def test_request_ids_are_unique(gateway):
 def test_unknown_v1_path_is_a_404_json_error(gateway, path):
     response = gateway.post(path, json={"model": "gpt-5"})
     request_id = assert_error_body(response, status=404, code="unknown_url")
-    assert_no_row(request_id)
+    rejected(gateway, request_id, 404, "invalid_request", "unknown_url")  # a known key: its one row
     with pytest.raises(openai.NotFoundError) as caught:
         gateway.openai().post(path.removeprefix("/v1"), cast_to=object, body={"model": "gpt-5"})
     assert_sdk_error(caught.value, status=404, code="unknown_url")

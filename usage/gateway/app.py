@@ -37,7 +37,7 @@ class Gateway:
         endpoint = GENERATING.get(path)
         if endpoint is not None:
             if method != "POST":
-                await lifecycle.reject(
+                await lifecycle.refuse(
                     self.state, ctx, endpoint, send, MethodNotAllowed(f"{method} is not allowed on {path}.")
                 )
                 return
@@ -45,7 +45,7 @@ class Gateway:
             return
         if path == messages.COUNT_TOKENS.path:
             if method != "POST":
-                await lifecycle.reject(
+                await lifecycle.refuse(
                     self.state,
                     ctx,
                     messages.COUNT_TOKENS,
@@ -69,7 +69,7 @@ class Gateway:
             else:
                 raise NotFoundUrl(f"Unknown URL: {method} {scope['path']}.")
         except OpenbiliError as error:
-            await lifecycle.reject(self.state, ctx, endpoint, send, error)
+            await lifecycle.refuse(self.state, ctx, endpoint, send, error)
         except Exception:
             log.exception("request_id=%s trace_id=%s unexpected error", ctx.request_id, ctx.trace_id)
             await lifecycle.reject(self.state, ctx, endpoint, send, OpenbiliError())

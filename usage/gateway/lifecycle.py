@@ -19,6 +19,7 @@ released and its row finished before the handler returns (`Call.run`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,6 +30,7 @@ import aiohttp
 
 from billing import ledger, money
 from openbili.core.errors import (
+    ClientDisconnected,
     InsufficientBalance,
     ModelNotReady,
     OpenbiliError,
@@ -37,6 +39,7 @@ from openbili.core.errors import (
     UpstreamUnavailable,
 )
 from usage.gateway import sql
+from usage.gateway.content_coding import decoder_for
 from usage.gateway.context import (
     JSON,
     ClientGone,
@@ -97,13 +100,31 @@ async def serve(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receive, send
         await reject(state, ctx, endpoint, send, error)
         return
     except ClientGone:
-        log.info("request_id=%s client went away before the request was read", ctx.request_id)
+        await client_gone(state, ctx, endpoint, send)
         return
     except Exception:
         log.exception("request_id=%s trace_id=%s unexpected error", ctx.request_id, ctx.trace_id)
         await reject(state, ctx, endpoint, send, OpenbiliError())
         return
     await call.run()
+
+
+async def client_gone(state: GatewayState, ctx: Ctx, endpoint: Endpoint, send) -> None:
+    """The client left before its body was read: a known key still gets its one row (CONTRACT §3)."""
+    log.info("request_id=%s client went away before the request was read", ctx.request_id)
+    ctx.disconnected_at = now_utc()
+    if ctx.key is not None:
+        (ctx.row or ctx.new_row())["client_disconnected_at"] = ctx.disconnected_at
+        await reject(state, ctx, endpoint, send, ClientDisconnected())
+
+
+async def refuse(state: GatewayState, ctx: Ctx, endpoint: Endpoint, send, error: OpenbiliError) -> None:
+    """A request refused before its body is read (a wrong method, an unknown URL): its one row
+    when it presented a known key, whatever its key's state."""
+    if ctx.key is None:
+        with contextlib.suppress(OpenbiliError):  # no key, or an unusable one: the refusal stands
+            await authenticate(state, ctx)
+    await reject(state, ctx, endpoint, send, error)
 
 
 async def reject(state: GatewayState, ctx: Ctx, endpoint: Endpoint, send, error: OpenbiliError) -> None:
@@ -322,7 +343,10 @@ class Call:
                     return response
                 try:
                     error_body = await response.read()
-                except (TimeoutError, aiohttp.ClientError):
+                    decoder = decoder_for(response.headers)
+                    if decoder is not None:
+                        error_body = decoder.decode(error_body)
+                except (TimeoutError, aiohttp.ClientError, UpstreamError):
                     error_body = b""
                 finally:
                     response.release()
@@ -353,6 +377,9 @@ class Call:
     async def relay_whole(self, response: aiohttp.ClientResponse) -> None:
         assert self.provider is not None
         data = await response.read()  # read (and retried if cut) in connect(): aiohttp returns it cached
+        decoder = decoder_for(response.headers)
+        if decoder is not None:
+            data = decoder.decode(data)
         reply = self.provider.reply(data)
         if self.translation is None:
             out = data  # pass-through: the upstream's bytes, untouched
@@ -397,6 +424,7 @@ class Call:
         ctx, endpoint = self.ctx, self.endpoint
         assert self.provider is not None
         reader = self.reader = self.provider.reader()
+        decoder = decoder_for(response.headers)
         translator = self.translation.stream(client_wants_usage=self.parsed.wants_usage) if self.translation else None
         wants_usage = self.parsed.wants_usage
         ctx.response_started = True
@@ -419,7 +447,7 @@ class Call:
         failure: OpenbiliError | None = None
         try:
             async for chunk in response.content.iter_any():
-                events = reader.feed(chunk)
+                events = reader.feed(chunk if decoder is None else decoder.feed(chunk))
                 began = began or bool(events)
                 if translator is None:
                     out = b"".join(e.raw for e in events if not e.final and (wants_usage or not e.hidden))
@@ -439,6 +467,8 @@ class Call:
                     await self.renew_hold()
         except (TimeoutError, aiohttp.ClientError):
             cut = True
+        except OpenbiliError as exc:  # e.g. a corrupt compressed stream
+            failure = exc
         except Exception:  # a bug (say, in a translation) mid-stream: bill what was sent, end the stream
             log.exception("request_id=%s trace_id=%s stream relay failed", ctx.request_id, ctx.trace_id)
             failure = OpenbiliError()
@@ -679,7 +709,7 @@ async def count_tokens(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receiv
     except OpenbiliError as error:
         await reject(state, ctx, endpoint, send, error)
     except ClientGone:
-        log.info("request_id=%s client went away before the request was read", ctx.request_id)
+        await client_gone(state, ctx, endpoint, send)
     except Exception:
         log.exception("request_id=%s trace_id=%s unexpected error", ctx.request_id, ctx.trace_id)
         await reject(state, ctx, endpoint, send, OpenbiliError())

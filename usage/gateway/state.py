@@ -229,8 +229,11 @@ class GatewayState:
         self.limiter = Limiter(settings.REDIS_URL)
         self.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300),
+            # Bytes as sent, for pass-through; compressed answers are decoded by content_coding.py,
+            # and upstreams are asked not to compress (aiohttp would advertise gzip by default).
             auto_decompress=False,
             skip_auto_headers=("User-Agent",),
+            headers={"Accept-Encoding": "identity"},
         )
         self._listener = asyncio.create_task(self._listen())
 
