@@ -568,3 +568,29 @@ def test_text_no_database_can_store_still_gets_its_row(gateway):
     assert response.json()["error"]["code"] == "model_not_found"
     row = rejected(gateway, response.headers["x-request-id"], 404, "model_unavailable", "model_not_found")
     assert row.model_requested == "gpt-\ufffdx\ufffd"
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/chat/completions", "/v1/messages"])
+def test_absurdly_deep_json_is_refused_before_anything_is_held(claude, endpoint):
+    # given content nested 971 lists deep: json.loads takes it, re-encoding it for the upstream
+    # would recurse too deep (issue "hardening" #3: a 500 after the reserve, the credit held)
+    content = "[" * 971 + "]" * 971
+    body = f'{{"model": "gpt-5", "max_tokens": 10, "messages": [{{"role": "user", "content": {content}}}]}}'
+    response = claude.post(endpoint, content=body.encode(), headers={"Content-Type": "application/json"})
+    # then a 400 in the endpoint's format, one not_billed row, no hold taken, upstream never called
+    assert response.status_code == 400, response.text
+    request_id, _ = assert_ids(response.headers)
+    row = rejected(claude, request_id, 400, "invalid_request", "invalid_json")
+    assert row.hold_id is None
+    assert "128 levels" in row.error_message
+    assert claude.upstream.requests == []
+
+
+def test_ordinary_nesting_is_untouched(gateway):
+    schema: dict = {"type": "object"}
+    for _ in range(30):  # a deep but real tool schema
+        schema = {"type": "object", "properties": {"inner": schema}}
+    tools = [{"type": "function", "function": {"name": "deep", "parameters": schema}}]
+    response = gateway.post(CHAT, json={"model": "gpt-5", "messages": MSG, "tools": tools})
+    assert response.status_code == 200, response.text
+    assert gateway.upstream.requests[-1]["json"]["tools"] == tools

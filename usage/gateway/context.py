@@ -243,6 +243,12 @@ class ClientGone(Exception):
     """The client went away before we answered."""
 
 
+# Deeper JSON than any real request (tool schemas nest a few dozen levels at most). Past ~970
+# levels the parser still succeeds but re-encoding the body for the upstream (json.dumps)
+# recurses too deep, after the reserve: such a body is refused before anything is held.
+MAX_JSON_DEPTH = int(os.environ.get("OPENBILI_MAX_JSON_DEPTH", "128"))
+
+
 def parse_json_object(body: bytes) -> dict:
     try:
         data = json.loads(body)
@@ -250,7 +256,26 @@ def parse_json_object(body: bytes) -> dict:
         raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from exc
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    # Counting brackets is a C loop over the bytes; only a body with that many brackets can be
+    # that deep, so the walk below never runs for ordinary requests.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and json_depth(data) > MAX_JSON_DEPTH:
+        raise InvalidRequest(f"The request body nests deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json")
     return data
+
+
+def json_depth(data: object) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest = 0
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((item, depth + 1) for item in value if isinstance(item, dict | list))
+    return deepest
 
 
 def resolve_model(catalog: dict[str, ModelInfo], key: KeyInfo, name: str) -> ModelInfo:
