@@ -520,6 +520,7 @@ def start_openbili(args: argparse.Namespace, upstream: str) -> Target:
     env = dict(os.environ)
     for name in ("CELERY_TASK_ALWAYS_EAGER", "CELERY_BROKER_URL", "OPENBILI_DEMO"):
         env.pop(name, None)
+    env.setdefault("SECRET_KEY", secrets.token_urlsafe(50))  # a throwaway database: a throwaway key
     env.update(
         DATABASE_URL=BENCH_DB_URL,
         REDIS_URL=BENCH_REDIS_URL,

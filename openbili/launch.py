@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,6 +27,18 @@ PYTHON = sys.executable
 
 def say(message: str) -> None:
     print(f"==> {message}", flush=True)
+
+
+def ensure_local_secret_key() -> None:
+    """A random SECRET_KEY of this checkout's own (settings.py reads var/secret-key), kept across
+    runs so sessions and encrypted route secrets stay valid; production sets SECRET_KEY instead."""
+    path = VAR_DIR / "secret-key"
+    if path.exists():
+        return
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(50) + "\n")
 
 
 def start_embedded_postgres() -> str:
@@ -98,6 +111,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         (VAR_DIR / "static").mkdir(parents=True, exist_ok=True)  # whitenoise's STATIC_ROOT
+        if not env.get("SECRET_KEY"):
+            ensure_local_secret_key()
         if embedded:
             env["DATABASE_URL"] = start_embedded_postgres()
         if not env.get("REDIS_URL"):

@@ -29,13 +29,36 @@ def _embedded_database_url() -> str:
 
 
 DEBUG = env_bool("DEBUG", False)
+# Production must set SECRET_KEY: sessions, signing and (unless OPENBILI_ENCRYPTION_KEYS is set)
+# the Fernet key of the upstream secrets derive from it, so a built-in default would be a public
+# key. A checkout the run command has used keeps a random key of its own in var/secret-key;
+# anything else without SECRET_KEY refuses to start, unless it opts out explicitly (DEBUG=1, or
+# OPENBILI_INSECURE_DEV_SECRET=1 as the test suite does).
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
+LOCAL_SECRET_KEY_FILE = VAR_DIR / "secret-key"
+if not SECRET_KEY and LOCAL_SECRET_KEY_FILE.exists():
+    SECRET_KEY = LOCAL_SECRET_KEY_FILE.read_text().strip()
 if not SECRET_KEY:
-    if not DEBUG and env_bool("OPENBILI_REQUIRE_SECRET_KEY", False):
-        raise RuntimeError("SECRET_KEY must be set")
-    SECRET_KEY = "openbili-dev-only-insecure-secret-key-change-me"  # noqa: S105 - dev default, README says set it
+    if not (DEBUG or env_bool("OPENBILI_INSECURE_DEV_SECRET", False)):
+        raise RuntimeError(
+            "SECRET_KEY is not set. Set it in production; `scripts/run` keeps a random local one in "
+            "var/secret-key; OPENBILI_INSECURE_DEV_SECRET=1 runs on a public development key instead."
+        )
+    SECRET_KEY = "openbili-dev-only-insecure-secret-key-change-me"  # noqa: S105 - explicit opt-out only
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+# Served over HTTPS (production; `manage.py check --deploy` is clean with it): redirect plain HTTP,
+# HSTS, cookies only over TLS. Behind a TLS-terminating proxy, it must set X-Forwarded-Proto. The
+# /v1 gateway is not Django: the redirect concerns the admin and the dashboard API only.
+HTTPS = env_bool("OPENBILI_HTTPS", False)
+SECURE_SSL_REDIRECT = HTTPS
+SECURE_HSTS_SECONDS = int(os.environ.get("OPENBILI_HSTS_SECONDS", "31536000")) if HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS and env_bool("OPENBILI_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = HTTPS and env_bool("OPENBILI_HSTS_PRELOAD", True)
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
 
 # Fernet keys (comma separated, newest first) that encrypt upstream secrets at rest.
 # Unset: one key derived from SECRET_KEY.

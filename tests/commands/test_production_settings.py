@@ -1,0 +1,62 @@
+"""Production refuses to run on a public key, and `check --deploy` is clean with the documented
+production settings (issue "hardening" #13)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SETUP = "import django; django.setup(); from django.conf import settings; print(settings.SECRET_KEY)"
+
+
+def run(code_or_args, tmp_path, **env) -> subprocess.CompletedProcess:
+    """A fresh interpreter on openbili.settings (not the test settings), in a var/ of its own."""
+    base = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "OPENBILI_INSECURE_DEV_SECRET", "DEBUG")}
+    base |= {"DJANGO_SETTINGS_MODULE": "openbili.settings", "OPENBILI_VAR_DIR": str(tmp_path)} | env
+    args = code_or_args if isinstance(code_or_args, list) else ["-c", code_or_args]
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=base, capture_output=True, text=True, timeout=60)
+
+
+def test_without_a_secret_key_it_refuses_to_start(tmp_path):
+    result = run(SETUP, tmp_path)
+    assert result.returncode != 0
+    assert "SECRET_KEY is not set" in result.stderr
+    assert "openbili-dev-only" not in result.stdout
+
+
+def test_it_starts_with_a_secret_key_with_the_run_commands_local_key_or_an_explicit_opt_out(tmp_path):
+    assert (
+        run(SETUP, tmp_path, SECRET_KEY="s3cret-from-the-environment").stdout.strip() == "s3cret-from-the-environment"
+    )
+    (tmp_path / "secret-key").write_text("local-random-key\n")
+    assert run(SETUP, tmp_path).stdout.strip() == "local-random-key"
+    (tmp_path / "secret-key").unlink()
+    opted_out = run(SETUP, tmp_path, OPENBILI_INSECURE_DEV_SECRET="1")
+    assert opted_out.returncode == 0 and opted_out.stdout.strip().startswith("openbili-dev-only")
+
+
+def test_the_run_command_keeps_one_random_local_key(tmp_path, monkeypatch):
+    from openbili import launch
+
+    monkeypatch.setattr(launch, "VAR_DIR", tmp_path)
+    launch.ensure_local_secret_key()
+    key = (tmp_path / "secret-key").read_text().strip()
+    assert len(key) >= 60
+    assert (tmp_path / "secret-key").stat().st_mode & 0o777 == 0o600
+    launch.ensure_local_secret_key()  # a second run keeps it (sessions and encrypted secrets stay valid)
+    assert (tmp_path / "secret-key").read_text().strip() == key
+
+
+def test_check_deploy_is_clean_with_the_documented_production_settings(tmp_path):
+    result = run(
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        tmp_path,
+        SECRET_KEY="a-long-random-production-secret-" + "x" * 40,
+        OPENBILI_HTTPS="1",
+        ALLOWED_HOSTS="api.openbili.example",
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "no issues" in result.stdout
