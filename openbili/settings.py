@@ -1,6 +1,7 @@
 """Settings, read from the environment. Every variable and its default is listed in the README."""
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -79,6 +80,7 @@ INSTALLED_APPS = [
     "billing",
     "usage",
     "tickets",
+    "axes",  # failed admin logins: lockout (after the project's apps, as its docs ask)
 ]
 
 MIDDLEWARE = [
@@ -90,7 +92,18 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: answers a locked-out login
 ]
+
+# Admin logins are throttled (django-axes): after AXES_FAILURE_LIMIT wrong passwords for one
+# username from one address, that pair is locked out for the cool-off (429), so a password cannot
+# be guessed, and a stranger cannot lock the real operator out from another address.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = int(os.environ.get("OPENBILI_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("OPENBILI_LOGIN_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_IPWARE_PROXY_COUNT = int(os.environ.get("OPENBILI_PROXY_COUNT", "0"))  # proxies in front: trust X-Forwarded-For
 
 ROOT_URLCONF = "openbili.urls"
 ASGI_APPLICATION = "openbili.asgi.application"

@@ -9,6 +9,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from axes.models import AccessAttempt, AccessFailureLog
 from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.models import LogEntry
@@ -122,6 +123,13 @@ BUILDERS = {
     Group: lambda: Group.objects.create(name=f"group {next(_seq)}"),
 }
 BUILDERS[UserFactory._meta.model] = UserFactory
+# django-axes' records of failed logins (its own admin pages: operators unlock from there)
+BUILDERS[AccessAttempt] = lambda: AccessAttempt.objects.create(
+    username=f"user{next(_seq)}", ip_address="198.51.100.7", user_agent="test", failures_since_start=3
+)
+BUILDERS[AccessFailureLog] = lambda: AccessFailureLog.objects.create(
+    username=f"user{next(_seq)}", ip_address="198.51.100.7", user_agent="test", locked_out=False
+)
 
 VIEW_ONLY = [LedgerEntry, Hold, PriceSnapshot, Probe, UsageRecord]
 REGISTERED = sorted(admin.site._registry, key=lambda model: model._meta.label)
@@ -734,3 +742,28 @@ def test_usage_page_is_read_only_and_complete(admin_client):
     assert "0.0000125" in page
     assert 'name="cost_usd"' not in page
     assert "&quot;route&quot;: &quot;r&quot;" in page  # attempts, pretty-printed
+
+
+# --- login throttling ----------------------------------------------------------------------------
+
+
+def test_admin_login_locks_a_username_out_after_repeated_wrong_passwords(client, django_user_model, settings):
+    # given an operator account
+    django_user_model.objects.create_superuser("ops", "ops@example.com", "the-right-password")
+    login = reverse("admin:login")
+
+    def attempt(password, address="198.51.100.7"):
+        return client.post(login, {"username": "ops", "password": password}, REMOTE_ADDR=address)
+
+    # when someone guesses passwords from one address
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert attempt("guess").status_code == 200  # the form again, with its error
+    locked = attempt("guess")
+    # then that username is locked out from that address, even with the right password
+    assert locked.status_code == 429
+    assert attempt("the-right-password").status_code == 429
+    assert "_auth_user_id" not in client.session
+    # and the real operator, from their own address, still gets in (no lock-out by a stranger)
+    welcome = attempt("the-right-password", address="203.0.113.9")
+    assert welcome.status_code == 302
+    assert client.session["_auth_user_id"]
