@@ -565,6 +565,7 @@ def start_openbili(args: argparse.Namespace, upstream: str) -> Target:
     port = free_port()
     argv = [PY, "-m", "uvicorn", "openbili.asgi:application", "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--workers", str(args.workers), "--no-access-log", "--log-level", "warning"]
+    argv += ["--http", "openbili.http_protocol:HttpProtocol"]  # as scripts/run serves it
     say(f"Openbili: uvicorn on 127.0.0.1:{port} with {args.workers} worker(s)")
     service = Service("openbili", argv, env=env, log=VAR / "openbili.log")
     base = f"http://127.0.0.1:{port}"

@@ -158,6 +158,8 @@ def main() -> int:
                     "--workers",
                     workers,
                     "--no-access-log",
+                    "--http",
+                    "openbili.http_protocol:HttpProtocol",  # bounded request heads
                     "--timeout-graceful-shutdown",
                     "20",
                 ],

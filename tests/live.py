@@ -8,11 +8,15 @@ import time
 
 import uvicorn
 
+from openbili.http_protocol import HttpProtocol
+
 
 class LiveServer:
     def __init__(self, app) -> None:
         self.app = app
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", access_log=False)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", access_log=False, http=HttpProtocol
+        )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = threading.Thread(target=self._run, name="live-gateway", daemon=True)

@@ -65,6 +65,12 @@ class RequestTooLarge(InvalidRequest):
     message = "The request body is too large."
 
 
+class RequestTimeout(InvalidRequest):
+    status = 408
+    code = "request_timeout"
+    message = "The request body did not arrive in time."
+
+
 class InvalidApiKey(OpenbiliError):
     status = 401
     code = "invalid_api_key"

@@ -4,6 +4,7 @@ gone before its body arrived)."""
 
 from __future__ import annotations
 
+import json
 import socket
 from urllib.parse import urlsplit
 
@@ -64,3 +65,29 @@ def test_a_client_gone_before_its_body_arrived_has_its_row(gateway):
     )
     assert row.client_disconnected_at is not None and row.cost_usd == 0
     assert not gateway.upstream.requests
+
+
+def test_a_client_that_stops_sending_its_body_gets_408_and_its_row(gateway, monkeypatch):
+    import usage.gateway.context
+
+    monkeypatch.setattr(usage.gateway.context, "BODY_IDLE_SECONDS", 0.5)
+    parts = urlsplit(gateway.url)
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {gateway.secret}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    ).encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(head + b'{"model"')  # ... and nothing more, the connection left open
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    # then the gateway answered by itself: 408, in the endpoint's format, with the request's id
+    head_part, _, body = answer.partition(b"\r\n\r\n")
+    assert head_part.startswith(b"HTTP/1.1 408"), answer[:300]
+    error = json.loads(body)["error"]
+    assert error["code"] == "request_timeout"
+    row = gateway.row(error["request_id"])
+    assert (row.billing_result, row.status, row.error_code) == ("not_billed", 408, "request_timeout")

@@ -5,6 +5,7 @@ starting values, reading the body, authenticating the key and resolving the mode
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from openbili.core.errors import (
     ModelNotFound,
     ModelNotReady,
     OpenbiliError,
+    RequestTimeout,
     RequestTooLarge,
 )
 from usage.gateway import sql
@@ -27,6 +29,9 @@ from usage.gateway.state import GatewayState, KeyInfo, ModelInfo
 log = logging.getLogger("openbili.gateway")
 
 MAX_BODY_BYTES = int(os.environ.get("OPENBILI_MAX_BODY_BYTES", str(32 * 1024 * 1024)))
+# A client that stops sending its body for this long is answered 408 and let go (it held a
+# connection and a coroutine forever before).
+BODY_IDLE_SECONDS = float(os.environ.get("OPENBILI_BODY_IDLE_SECONDS", "30"))
 JSON = b"application/json"
 
 
@@ -227,7 +232,11 @@ async def read_body(ctx: Ctx, receive) -> bytes:
     chunks = []
     size = 0
     while True:
-        message = await receive()
+        try:
+            async with asyncio.timeout(BODY_IDLE_SECONDS):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout(f"No request body arrived for {BODY_IDLE_SECONDS:g} seconds.") from None
         if message["type"] == "http.disconnect":
             raise ClientGone()
         chunk = message.get("body", b"")

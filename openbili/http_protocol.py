@@ -1,0 +1,58 @@
+"""uvicorn's httptools protocol with a bound on the request head.
+
+httptools accepts a request line and headers of any size, buffering them in the process while the
+event loop parses: one 64 MiB header (no key needed) stalled every other request for seconds
+(issue "hardening" #6). Bytes of a request's head beyond OPENBILI_MAX_HEADER_BYTES are refused
+with 431 at once and the connection closed, before they are parsed or buffered further.
+
+Run the server with it: `uvicorn openbili.asgi:application --http openbili.http_protocol:HttpProtocol`
+(scripts/run, the tests' live server and the bench do).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+MAX_HEADER_BYTES = int(os.environ.get("OPENBILI_MAX_HEADER_BYTES", str(64 * 1024)))
+
+
+def refusal(status: int, reason: str, code: str, message: str) -> bytes:
+    """A complete HTTP response in the OpenAI error format, with a request id of its own."""
+    request_id = "req_" + uuid.uuid4().hex
+    error = {"message": message, "type": "invalid_request_error", "code": code, "param": None}
+    body = json.dumps({"error": error | {"request_id": request_id, "trace_id": None}}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        f"x-request-id: {request_id}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class HttpProtocol(HttpToolsProtocol):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEADER_BYTES:
+                message = f"The request line and headers exceed {MAX_HEADER_BYTES} bytes."
+                self.transport.write(refusal(431, "Request Header Fields Too Large", "headers_too_large", message))
+                self.transport.close()
+                return
+        super().data_received(data)
