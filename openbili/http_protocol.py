@@ -37,11 +37,13 @@ class HttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = True
         self._head_bytes = 0
+        self._tail = b""  # the head's last bytes so far: its end may straddle two reads
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = 0
+        self._tail = b""
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -49,7 +51,11 @@ class HttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
-            self._head_bytes += len(data)
+            # Count only the head's bytes: a read may carry the end of the headers and the body.
+            window = self._tail + data
+            ends = [i + len(mark) for mark in (b"\r\n\r\n", b"\n\n") if (i := window.find(mark)) >= 0]
+            self._head_bytes += (min(ends) - len(self._tail)) if ends else len(data)
+            self._tail = window[-3:]
             if self._head_bytes > MAX_HEADER_BYTES:
                 message = f"The request line and headers exceed {MAX_HEADER_BYTES} bytes."
                 self.transport.write(refusal(431, "Request Header Fields Too Large", "headers_too_large", message))

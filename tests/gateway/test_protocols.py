@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
+import time
 from urllib.parse import urlsplit
 
 
@@ -61,3 +63,32 @@ def test_a_huge_request_head_is_refused_with_431_before_it_is_buffered(live_gate
 def test_ordinary_headers_pass(gateway):
     response = gateway.get("/v1/models", headers={"X-Big-But-Fine": "y" * 16_000})
     assert response.status_code == 200
+
+
+def test_a_large_body_after_small_headers_is_not_mistaken_for_a_large_head(gateway):
+    # the end of the headers and 200 kB of body arrive in the same reads
+    content = "x" * 200_000
+    response = gateway.post(
+        "/v1/chat/completions", json={"model": "gpt-5", "messages": [{"role": "user", "content": content}]}
+    )
+    assert response.status_code == 200, response.text[:300]
+
+
+def test_a_head_whose_end_straddles_two_reads_is_counted_right(gateway):
+    # the blank line that ends the headers split between two sends, the body (200 kB) right after
+    parts = urlsplit(gateway.url)
+    body = json.dumps({"model": "gpt-5", "messages": [{"role": "user", "content": "y" * 200_000}]}).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {gateway.secret}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+    ).encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=20) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(head)
+        time.sleep(0.05)  # (only makes the split likely; the test holds either way)
+        sock.sendall(b"\r\n" + body)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):  # the server may close first, answer sent
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
