@@ -205,7 +205,7 @@ Openbili is running at {base}  (Ctrl-C stops it)
   curl {base}/v1/chat/completions -H "Authorization: Bearer $OPENBILI_API_KEY" \\
        -H "Content-Type: application/json" \\
        -d '{{"model": "gpt-5", "messages": [{{"role": "user", "content": "Hello from Openbili"}}]}}'
-  curl {base}/v1/messages -H "x-api-key: $OPENBILI_API_KEY" -H "Content-Type: application/json" \
+  curl {base}/v1/messages -H "x-api-key: $OPENBILI_API_KEY" -H "Content-Type: application/json" \\
        -d '{{"model": "claude-sonnet-4-6", "max_tokens": 256, "messages": [{{"role": "user", "content": "Hi"}}]}}'
 
   OpenAI SDK:     OpenAI(api_key=os.environ["OPENBILI_API_KEY"], base_url="{base}/v1")
