@@ -39,8 +39,10 @@ class HttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._tail = b""  # the head's last bytes so far: its end may straddle two reads
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
+    def on_message_complete(self) -> None:
+        # The next bytes on this connection start the next request's head. (Not on_message_begin:
+        # the parser calls it while it reads the very bytes already counted.)
+        super().on_message_complete()
         self._in_head = True
         self._head_bytes = 0
         self._tail = b""
@@ -50,15 +52,18 @@ class HttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
-        if self._in_head:
-            # Count only the head's bytes: a read may carry the end of the headers and the body.
-            window = self._tail + data
-            ends = [i + len(mark) for mark in (b"\r\n\r\n", b"\n\n") if (i := window.find(mark)) >= 0]
-            self._head_bytes += (min(ends) - len(self._tail)) if ends else len(data)
-            self._tail = window[-3:]
-            if self._head_bytes > MAX_HEADER_BYTES:
-                message = f"The request line and headers exceed {MAX_HEADER_BYTES} bytes."
-                self.transport.write(refusal(431, "Request Header Fields Too Large", "headers_too_large", message))
-                self.transport.close()
-                return
+        if self._in_head and self._head_too_large(data):
+            message = f"The request line and headers exceed {MAX_HEADER_BYTES} bytes."
+            self.transport.write(refusal(431, "Request Header Fields Too Large", "headers_too_large", message))
+            self.transport.close()
+            return
         super().data_received(data)
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """Counts this read's head bytes: a read may carry the end of the headers and the body, and
+        the blank line that ends them may straddle two reads."""
+        window = self._tail + data
+        ends = [i + len(mark) for mark in (b"\r\n\r\n", b"\n\n") if (i := window.find(mark)) >= 0]
+        self._head_bytes += (min(ends) - len(self._tail)) if ends else len(data)
+        self._tail = window[-3:]
+        return self._head_bytes > MAX_HEADER_BYTES

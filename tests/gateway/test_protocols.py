@@ -92,3 +92,33 @@ def test_a_head_whose_end_straddles_two_reads_is_counted_right(gateway):
             while chunk := sock.recv(65536):
                 answer += chunk
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+
+
+def counter():
+    """The protocol's head counting alone, as a fresh connection starts it."""
+    from openbili.http_protocol import HttpProtocol
+
+    protocol = HttpProtocol.__new__(HttpProtocol)
+    protocol._in_head, protocol._head_bytes, protocol._tail = True, 0, b""
+    return protocol
+
+
+def test_the_head_count_survives_any_split_of_the_reads():
+    from openbili.http_protocol import MAX_HEADER_BYTES
+
+    body = b"y" * (MAX_HEADER_BYTES * 2)
+    request = b"POST /v1/x HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    head_end = request.index(b"\r\n\r\n") + 4
+    for cut in range(1, head_end + 4):
+        protocol, seen = counter(), 0
+        for piece in (request[:cut], request[cut:]):
+            if protocol._in_head:  # as data_received does
+                assert not protocol._head_too_large(piece), cut
+            seen += len(piece)
+            if seen >= head_end:
+                protocol._in_head = False  # what the parser's on_headers_complete does
+        assert protocol._head_bytes == head_end, cut
+    # while a head that goes on and on is caught within one read of the bound
+    protocol = counter()
+    refused = [protocol._head_too_large(b"GET / HTTP/1.1\r\nX: " + b"z" * 16_000) for _ in range(10)]
+    assert refused.index(True) == MAX_HEADER_BYTES // 16_000
