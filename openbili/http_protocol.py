@@ -3,7 +3,8 @@
 httptools accepts a request line and headers of any size, buffering them in the process while the
 event loop parses: one 64 MiB header (no key needed) stalled every other request for seconds
 (issue "hardening" #6). Bytes of a request's head beyond OPENBILI_MAX_HEADER_BYTES are refused
-with 431 at once and the connection closed, before they are parsed or buffered further.
+with 431 at once and the connection closed, before they are parsed or buffered further. Requests
+the parser refuses get the API's JSON error with a request id too, not a bare text/plain 400.
 
 Run the server with it: `uvicorn openbili.asgi:application --http openbili.http_protocol:HttpProtocol`
 (scripts/run, the tests' live server and the bench do).
@@ -58,6 +59,12 @@ class HttpProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        """A request the HTTP parser refuses (duplicate Content-Length, bad bytes, a bad method):
+        the API's error format with a request id, not uvicorn's bare text/plain."""
+        self.transport.write(refusal(400, "Bad Request", "invalid_http", f"{msg} The request was not understood."))
+        self.transport.close()
 
     def _head_too_large(self, data: bytes) -> bool:
         """Counts this read's head bytes: a read may carry the end of the headers and the body, and

@@ -10,6 +10,8 @@ import socket
 import time
 from urllib.parse import urlsplit
 
+import pytest
+
 
 def handshake(url: str, path: str) -> bytes:
     """A WebSocket opening handshake on a raw socket; the server's answer head."""
@@ -122,3 +124,28 @@ def test_the_head_count_survives_any_split_of_the_reads():
     protocol = counter()
     refused = [protocol._head_too_large(b"GET / HTTP/1.1\r\nX: " + b"z" * 16_000) for _ in range(10)]
     assert refused.index(True) == MAX_HEADER_BYTES // 16_000
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+        b"GET /v1/models HTTP/1.1\r\nHost: h\r\nX-Bad\x01: yes\r\n\r\n",
+        b"G\x00T /v1/models HTTP/1.1\r\nHost: h\r\n\r\n",
+    ],
+    ids=["two-content-lengths", "content-length-and-chunked", "bad-header-bytes", "bad-method"],
+)
+def test_requests_the_http_parser_refuses_get_a_json_400_with_a_request_id(live_gateway, request_head):
+    parts = urlsplit(live_gateway.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(request_head)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"content-type: application/json" in head and b"x-request-id: req_" in head
+    error = json.loads(body)["error"]
+    assert error["code"] == "invalid_http" and error["request_id"].startswith("req_")
