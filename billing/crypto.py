@@ -22,6 +22,9 @@ class SecretUnreadable(Exception):
 def _fernet() -> MultiFernet:
     keys = list(settings.OPENBILI_ENCRYPTION_KEYS)
     if not keys:
+        from openbili.core.checks import require_secret_key
+
+        require_secret_key("to encrypt upstream secrets")  # a key derived from a public one is public
         derived = hashlib.sha256(b"openbili-upstream-secrets:" + settings.SECRET_KEY.encode()).digest()
         keys = [base64.urlsafe_b64encode(derived).decode()]
     return MultiFernet([Fernet(key) for key in keys])

@@ -12,6 +12,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "openbili.settings")
 
 django_application = get_asgi_application()
 
+from openbili.core.checks import require_secret_key  # noqa: E402 - needs Django set up first
+
+require_secret_key("to serve")
+
 from usage.gateway.app import gateway  # noqa: E402 - needs Django set up first
 
 

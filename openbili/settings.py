@@ -31,21 +31,19 @@ def _embedded_database_url() -> str:
 
 DEBUG = env_bool("DEBUG", False)
 # Production must set SECRET_KEY: sessions, signing and (unless OPENBILI_ENCRYPTION_KEYS is set)
-# the Fernet key of the upstream secrets derive from it, so a built-in default would be a public
-# key. A checkout the run command has used keeps a random key of its own in var/secret-key;
-# anything else without SECRET_KEY refuses to start, unless it opts out explicitly (DEBUG=1, or
-# OPENBILI_INSECURE_DEV_SECRET=1 as the test suite does).
+# the Fernet key of the upstream secrets derive from it, so the built-in default is a public key.
+# A checkout the run command has used keeps a random key of its own in var/secret-key. Without
+# either, settings still load (makemigrations, check and other tooling need no secret), but what
+# the key protects refuses to run on the public one — serving (openbili/asgi.py), Celery workers,
+# encrypting route secrets — and `check --deploy` fails (openbili/core/checks.py), unless the
+# process opts out explicitly: DEBUG=1, or OPENBILI_INSECURE_DEV_SECRET=1 as the test suite does.
+DEV_SECRET_KEY = "openbili-dev-only-insecure-secret-key-change-me"  # noqa: S105 - public on purpose
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 LOCAL_SECRET_KEY_FILE = VAR_DIR / "secret-key"
 if not SECRET_KEY and LOCAL_SECRET_KEY_FILE.exists():
     SECRET_KEY = LOCAL_SECRET_KEY_FILE.read_text().strip()
-if not SECRET_KEY:
-    if not (DEBUG or env_bool("OPENBILI_INSECURE_DEV_SECRET", False)):
-        raise RuntimeError(
-            "SECRET_KEY is not set. Set it in production; `scripts/run` keeps a random local one in "
-            "var/secret-key; OPENBILI_INSECURE_DEV_SECRET=1 runs on a public development key instead."
-        )
-    SECRET_KEY = "openbili-dev-only-insecure-secret-key-change-me"  # noqa: S105 - explicit opt-out only
+SECRET_KEY = SECRET_KEY or DEV_SECRET_KEY
+ALLOW_DEV_SECRET_KEY = DEBUG or env_bool("OPENBILI_INSECURE_DEV_SECRET", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 

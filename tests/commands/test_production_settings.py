@@ -20,21 +20,31 @@ def run(code_or_args, tmp_path, **env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=base, capture_output=True, text=True, timeout=60)
 
 
-def test_without_a_secret_key_it_refuses_to_start(tmp_path):
-    result = run(SETUP, tmp_path)
-    assert result.returncode != 0
-    assert "SECRET_KEY is not set" in result.stderr
-    assert "openbili-dev-only" not in result.stdout
+def test_without_a_secret_key_it_refuses_to_serve_but_tooling_still_runs(tmp_path):
+    # the ASGI app (what serves) refuses the public key
+    serving = run("import openbili.asgi", tmp_path)
+    assert serving.returncode != 0
+    assert "SECRET_KEY is not set: refusing to serve" in serving.stderr
+    # so does encrypting an upstream secret
+    encrypting = run(
+        SETUP.replace("print(settings.SECRET_KEY)", "from billing import crypto; crypto.encrypt('x')"), tmp_path
+    )
+    assert encrypting.returncode != 0 and "refusing to encrypt" in encrypting.stderr
+    # tooling that needs no secret works, and check --deploy names the problem
+    assert run(["manage.py", "makemigrations", "--check", "--dry-run"], tmp_path).returncode == 0
+    deploy = run(["manage.py", "check", "--deploy"], tmp_path)
+    assert deploy.returncode != 0 and "openbili.E001" in deploy.stderr
 
 
-def test_it_starts_with_a_secret_key_with_the_run_commands_local_key_or_an_explicit_opt_out(tmp_path):
+def test_it_serves_with_a_secret_key_with_the_run_commands_local_key_or_an_explicit_opt_out(tmp_path):
+    serve = SETUP + "; import openbili.asgi"
     assert (
-        run(SETUP, tmp_path, SECRET_KEY="s3cret-from-the-environment").stdout.strip() == "s3cret-from-the-environment"
+        run(serve, tmp_path, SECRET_KEY="s3cret-from-the-environment").stdout.strip() == "s3cret-from-the-environment"
     )
     (tmp_path / "secret-key").write_text("local-random-key\n")
-    assert run(SETUP, tmp_path).stdout.strip() == "local-random-key"
+    assert run(serve, tmp_path).stdout.strip() == "local-random-key"
     (tmp_path / "secret-key").unlink()
-    opted_out = run(SETUP, tmp_path, OPENBILI_INSECURE_DEV_SECRET="1")
+    opted_out = run(serve, tmp_path, OPENBILI_INSECURE_DEV_SECRET="1")
     assert opted_out.returncode == 0 and opted_out.stdout.strip().startswith("openbili-dev-only")
 
 
