@@ -8,12 +8,14 @@ import time
 from decimal import Decimal
 
 import aiohttp
+from django.conf import settings
 from django.db import connection
 
 from billing import ledger, services
 from billing.models import Route
-from usage.gateway import sql
+from usage.gateway import outbox, sql
 from usage.gateway.providers import provider_for
+from usage.gateway.state import conninfo
 
 log = logging.getLogger("openbili.usage")
 
@@ -24,8 +26,11 @@ def requests_sweep(*, limit: int = 500) -> int:
     """Release expired holds (their request died) and finish their usage rows as interrupted.
 
     Safe to run anywhere, any number of times, concurrently with live requests: a hold is resolved
-    at most once, so a request that settles at the same moment wins or loses cleanly.
+    at most once, so a request that settles at the same moment wins or loses cleanly. The outbox's
+    deferred writes land first: a request that was served while the database was away is billed,
+    not released as interrupted.
     """
+    outbox.drain_sync(settings.REDIS_URL, conninfo())
     with connection.cursor() as cursor:
         cursor.execute(ledger.EXPIRED_HOLDS, {"limit": limit})
         hold_ids = [row[0] for row in cursor.fetchall()]

@@ -1,5 +1,6 @@
 """Periodic jobs (Celery beat schedule in settings.CELERY_BEAT_SCHEDULE)."""
 
+import psycopg
 from celery import shared_task
 from django.db import OperationalError
 
@@ -10,7 +11,7 @@ from usage import services
 def requests_sweep(self) -> int:
     try:
         return services.requests_sweep()
-    except OperationalError as exc:  # transient database trouble: try again soon
+    except (OperationalError, psycopg.OperationalError) as exc:  # transient database trouble: try again soon
         raise self.retry(exc=exc, countdown=10) from exc
 
 

@@ -138,6 +138,18 @@ class UpstreamUnavailable(UpstreamError):
     message = "The upstream provider is unavailable."
 
 
+class PlatformUnavailable(OpenbiliError):
+    """The platform's own database is unreachable: answered at once rather than queued (CONTRACT §2.1)."""
+
+    status = 503
+    code = "platform_error"
+    message = "The platform is briefly unavailable (its database is unreachable); retry in a few seconds."
+
+    def __init__(self, message: str | None = None, **kwargs) -> None:
+        kwargs.setdefault("retry_after", 2)
+        super().__init__(message, **kwargs)
+
+
 class ClientDisconnected(OpenbiliError):
     status = 499  # nginx's "client closed request": the client left before any answer was sent
     code = "client_disconnected"

@@ -38,10 +38,10 @@ Run = Callable[[list[dict]], Awaitable[list[Any]]]
 
 def rows_json(rows: list[dict]) -> str:
     """The %(rows)s parameter: exact decimals (as strings) and ISO timestamps."""
-    return json.dumps(rows, separators=(",", ":"), default=_json_value)
+    return json.dumps(rows, separators=(",", ":"), default=json_value)
 
 
-def _json_value(value: object) -> str:
+def json_value(value: object) -> str:
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, datetime):

@@ -23,7 +23,6 @@ from openbili.core.errors import (
     RequestTimeout,
     RequestTooLarge,
 )
-from usage.gateway import sql
 from usage.gateway.state import GatewayState, KeyInfo, ModelInfo
 
 log = logging.getLogger("openbili.gateway")
@@ -178,7 +177,10 @@ async def send_bytes(
 
 
 def error_headers(ctx: Ctx, error: OpenbiliError) -> list[tuple[bytes, bytes]]:
-    """429s carry Retry-After and OpenAI's x-ratelimit-* triples (CONTRACT §2.1)."""
+    """429s carry Retry-After and OpenAI's x-ratelimit-* triples (CONTRACT §2.1); a 503 of the
+    platform's own says when to come back (the SDKs honour it when they retry)."""
+    if error.status == 503 and error.retry_after:
+        return [(b"retry-after", str(error.retry_after).encode())]
     if error.status != 429:
         return []
     retry_after = error.retry_after or 1
@@ -310,7 +312,7 @@ async def write_rejection(state: GatewayState, ctx: Ctx, error: OpenbiliError) -
         cost_usd=0,
         finished_at=now_utc(),
     )
-    await execute(state, sql.INSERT_USAGE, row)
+    await state.write_row(row)  # deferred to the outbox while the database is away
     ctx.row_written = True
 
 

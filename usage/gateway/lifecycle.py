@@ -34,6 +34,7 @@ from openbili.core.errors import (
     InsufficientBalance,
     ModelNotReady,
     OpenbiliError,
+    PlatformUnavailable,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -56,6 +57,7 @@ from usage.gateway.context import (
     write_rejection,
 )
 from usage.gateway.endpoints.base import MAX_RECORDED_TOKENS, Endpoint, Parsed
+from usage.gateway.outbox import UNREACHABLE, lost_reserve_row
 from usage.gateway.providers import provider_for
 from usage.gateway.providers.base import Provider, StreamReader, UpstreamFailure
 from usage.gateway.state import GatewayState, ModelInfo, RouteInfo
@@ -169,7 +171,14 @@ async def admit(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receive, send
     )
     call = Call(state, ctx, endpoint, send, receive, model, price.prices, body, raw, parsed, ttl=ttl)
     call.tpm_tokens = tpm_tokens
-    hold_id = await call.reserve(hold_amount)
+    try:
+        if not state.db_ok:  # fail fast while the database is away (its row lands later)
+            raise PlatformUnavailable()
+        hold_id = await call.reserve(hold_amount)
+    except (PlatformUnavailable, *UNREACHABLE) as exc:
+        state.limiter.consume(key, money.TokenUsage(), reserved=tpm_tokens)
+        # The reserve may have landed with its answer lost: the deferred row releases it then.
+        raise PlatformUnavailable() from exc
     if hold_id is None:
         state.limiter.consume(key, money.TokenUsage(), reserved=tpm_tokens)  # its TPM back: nothing ran
         raise InsufficientBalance(
@@ -640,9 +649,16 @@ class Call:
             item = {column: row[column] for column in sql.FINAL_COLUMNS}
             item |= {"request_id": row["request_id"], "billing_result": row["billing_result"]}
             item |= {"hold_id": self.hold_id, "cost": cost}
+            if not self.state.db_ok:
+                raise PlatformUnavailable()
             charged = await asyncio.shield(self.state.settles.submit(row["account_id"], item))
             if charged is None:
                 await self.record_lost_reserve(row)
+        except (PlatformUnavailable, *UNREACHABLE):
+            # The database is away: the settle lands when it returns (outbox.py), also if the
+            # statement did land and only its answer was lost (a settle changes nothing twice).
+            assert row is not None
+            await self.state.defer("settle", row | item)
         except Exception:
             # The hold stays open and the sweeper releases it; the customer is not charged twice.
             log.exception("request_id=%s settle failed", self.ctx.request_id)
@@ -656,12 +672,7 @@ class Call:
         hold), or a database crash lost the reserve (see sql.RESERVE_MANY). In the second
         case write the row now, not billed: there is no hold to charge."""
         log.warning("request_id=%s settled no pending usage row", self.ctx.request_id)
-        message = "Not billed: the request's credit reservation was lost (database restart during the request)."
-        await execute(
-            self.state,
-            sql.INSERT_USAGE,
-            row | {"billing_result": "not_billed", "cost_usd": 0, "error_message": db_text(message, 500)},
-        )
+        await self.state.write_row(lost_reserve_row(row))
 
 
 # --- token counting (no hold, no charge) ----------------------------------------------------------
@@ -695,7 +706,7 @@ async def count_tokens(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receiv
             finished_at=now_utc(),
             attempts=json.dumps(attempts),
         )
-        await execute(state, sql.INSERT_USAGE, row)
+        await state.write_row(row)
         ctx.row_written = True
         ctx.response_started = True
         await send(

@@ -9,6 +9,7 @@ Cache misses load through the ORM selectors in a worker thread, never on the eve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -18,19 +19,28 @@ from datetime import datetime
 import aiohttp
 import psycopg
 from django.conf import settings
+from django.db import InterfaceError as DjangoInterfaceError
+from django.db import OperationalError as DjangoOperationalError
 from django.db import close_old_connections, connections
 from psycopg_pool import AsyncConnectionPool
 
 from billing import keys as key_format
 from billing.money import Prices
-from usage.gateway import batch
+from openbili.core.errors import PlatformUnavailable
+from usage.gateway import batch, sql
 from usage.gateway.limits import Limiter
+from usage.gateway.outbox import UNREACHABLE, Outbox
 
 log = logging.getLogger("openbili.gateway")
 
 KEY_TTL = float(os.environ.get("OPENBILI_KEY_CACHE_SECONDS", "60"))
 UNKNOWN_KEY_TTL = 5.0
 CATALOG_TTL = float(os.environ.get("OPENBILI_CATALOG_CACHE_SECONDS", "30"))
+# While PostgreSQL is away: how long a statement waits for a pooled connection before the request
+# is answered 503, and how often a fresh connection is tried.
+DB_WAIT_SECONDS = float(os.environ.get("OPENBILI_DB_WAIT_SECONDS", "2"))
+DB_RETRY_SECONDS = 0.25
+OUTBOX_POLL_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +189,7 @@ def conninfo() -> str:
         host=db.get("HOST") or None,
         port=str(db["PORT"]) if db.get("PORT") else None,
         application_name="openbili-gateway",
+        connect_timeout=str(max(1, int(DB_WAIT_SECONDS))),
     )
 
 
@@ -195,14 +206,43 @@ class GatewayState:
         self._catalog_lock = asyncio.Lock()
         self._generation = 0  # bumped by every invalidation, so a load racing one is not kept
         self._listener: asyncio.Task | None = None
+        self._drainer: asyncio.Task | None = None
+        self._recovery: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+        self.outbox: Outbox | None = None
+        self.outbox_wake = asyncio.Event()  # replaced in start(), on the serving loop
+        self.db_down_since: float | None = None  # monotonic time the database was found unreachable
+        self.dsn: str | None = None  # the pool's database, when not settings' (tests: through a proxy)
         self._started = False
 
     async def start(self) -> None:
         if self._started:
             return
         self._started = True
-        self.pool = AsyncConnectionPool(
-            conninfo(),
+        self.pool = self._new_pool()
+        await self.pool.open()
+        shards = max(1, self.pool.max_size // 2)
+        # One reserve and one settle statement per shard of accounts in flight: half the pool each.
+        # They read self.pool at each call: the pool is replaced when the database returns.
+        self.reserves = batch.Batcher(lambda items: self.on_db(batch.reserve, items), name="reserve", shards=shards)
+        self.settles = batch.Batcher(lambda items: self.on_db(batch.settle, items), name="settle", shards=shards)
+        self.limiter = Limiter(settings.REDIS_URL)
+        self.outbox = Outbox(settings.REDIS_URL)
+        self.outbox_wake = asyncio.Event()
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300),
+            # Bytes as sent, for pass-through; compressed answers are decoded by content_coding.py,
+            # and upstreams are asked not to compress (aiohttp would advertise gzip by default).
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+            headers={"Accept-Encoding": "identity"},
+        )
+        self._listener = asyncio.create_task(self._listen())
+        self._drainer = asyncio.create_task(self._drain_outbox())
+
+    def _new_pool(self) -> AsyncConnectionPool:
+        return AsyncConnectionPool(
+            self.dsn or conninfo(),
             min_size=1,
             # Small on purpose: requests queue here, in the event loop, and go to PostgreSQL in
             # batches (batch.py: one reserve and one settle statement in flight per pair of
@@ -210,6 +250,9 @@ class GatewayState:
             # on the 2-core bench machine, for one account and for 32 (bench/README.md); a larger
             # database server may take more.
             max_size=int(os.environ.get("OPENBILI_GATEWAY_DB_POOL", "2")),
+            # A statement waits this long for a connection, then fails (503 platform_error): while
+            # the database is away requests fail fast instead of queueing for the pool's 30 s.
+            timeout=DB_WAIT_SECONDS,
             # The pool runs only the gateway's point statements (batch.py, sql.py). A batch's rows
             # come from jsonb_to_recordset, which the planner always guesses at 100 rows, so on
             # small tables it would hash-join them against a sequential scan of the usage rows
@@ -220,29 +263,20 @@ class GatewayState:
             },
             open=False,
         )
-        await self.pool.open()
-        pool = self.pool
-        # One reserve and one settle statement per shard of accounts in flight: half the pool each.
-        shards = max(1, pool.max_size // 2)
-        self.reserves = batch.Batcher(lambda items: batch.reserve(pool, items), name="reserve", shards=shards)
-        self.settles = batch.Batcher(lambda items: batch.settle(pool, items), name="settle", shards=shards)
-        self.limiter = Limiter(settings.REDIS_URL)
-        self.http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300),
-            # Bytes as sent, for pass-through; compressed answers are decoded by content_coding.py,
-            # and upstreams are asked not to compress (aiohttp would advertise gzip by default).
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
-            headers={"Accept-Encoding": "identity"},
-        )
-        self._listener = asyncio.create_task(self._listen())
 
     async def stop(self) -> None:
-        if self._listener:
-            self._listener.cancel()
+        for task in (self._listener, self._drainer, self._recovery):
+            if task:
+                task.cancel()
         for batcher in (self.reserves, self.settles):
             if batcher:
                 await batcher.drain()
+        if self.outbox:
+            with contextlib.suppress(Exception):
+                await self.outbox.drain(self.pool) if self.pool and self.db_ok else None
+            if self.outbox.memory:
+                log.error("%d deferred write(s) lost at shutdown: the database stayed away", len(self.outbox.memory))
+            await self.outbox.close()
         if self.limiter:
             await self.limiter.close()
         if self.http:
@@ -250,6 +284,93 @@ class GatewayState:
         if self.pool:
             await self.pool.close()
         self._started = False
+
+    # -- the database going away and coming back ------------------------------------------------
+
+    @property
+    def db_ok(self) -> bool:
+        return self.db_down_since is None
+
+    async def on_db(self, run, items):
+        """`run(pool, items)` on the current pool, noting a database that went away."""
+        assert self.pool is not None
+        try:
+            return await run(self.pool, items)
+        except UNREACHABLE as exc:
+            self.db_failed(exc)
+            raise
+
+    def db_failed(self, exc: BaseException) -> None:
+        """A statement found the database unreachable: until a fresh connection succeeds, requests
+        are answered 503 at once (lifecycle.admit) and their writes go to the outbox."""
+        if self.db_down_since is not None:
+            return
+        self.db_down_since = time.monotonic()
+        log.error("database unreachable (%s): answering 503 until it returns", type(exc).__name__)
+        self._recovery = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Try a fresh connection every DB_RETRY_SECONDS; once one works, replace the pool (the old
+        one's reconnect back-off would keep it stalled for seconds more) and drain the outbox."""
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.dsn or conninfo(), autocommit=True) as conn:
+                    await conn.execute("SELECT 1")
+                fresh = self._new_pool()
+                await fresh.open(wait=True, timeout=DB_WAIT_SECONDS)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(DB_RETRY_SECONDS)
+                continue
+            old, self.pool = self.pool, fresh
+            down = time.monotonic() - (self.db_down_since or time.monotonic())
+            self.db_down_since = None
+            log.warning("database reachable again after %.1f s: serving", down)
+            if old is not None:
+                closing = asyncio.get_running_loop().create_task(old.close(timeout=DB_WAIT_SECONDS))
+                self._background.add(closing)
+                closing.add_done_callback(self._background.discard)
+            self.outbox_wake.set()
+            return
+
+    async def write_row(self, row: dict) -> None:
+        """A finished usage row (a request refused, or answered without a hold): now, or through
+        the outbox while the database is away."""
+        if self.db_ok and self.pool is not None:
+            try:
+                async with self.pool.connection() as conn:
+                    await conn.execute(sql.INSERT_USAGE, row)
+                return
+            except UNREACHABLE as exc:
+                self.db_failed(exc)
+        await self.defer("row", row)
+
+    async def defer(self, kind: str, params: dict) -> None:
+        """A write that could not land now: to the outbox, for the drainer."""
+        assert self.outbox is not None
+        await self.outbox.put(kind, params)
+        self.outbox_wake.set()
+
+    async def _drain_outbox(self) -> None:
+        """Land deferred writes once the database answers: at once when this process deferred one
+        or saw the database return, and every OUTBOX_POLL_SECONDS for those of other processes."""
+        assert self.outbox is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(OUTBOX_POLL_SECONDS):
+                    await self.outbox_wake.wait()
+            self.outbox_wake.clear()
+            if not self.db_ok or self.pool is None:
+                continue
+            try:
+                await self.outbox.drain(self.pool)
+            except asyncio.CancelledError:
+                raise
+            except UNREACHABLE as exc:
+                self.db_failed(exc)
+            except Exception:
+                log.exception("outbox drain failed; retrying in %.0f s", OUTBOX_POLL_SECONDS)
 
     def invalidate(self, what: str = "all") -> None:
         self._generation += 1
@@ -285,7 +406,13 @@ class GatewayState:
         if cached is not None and cached[0] > now:
             return cached[1]
         generation = self._generation
-        info = await asyncio.to_thread(_load_key, key_hash)
+        try:
+            info = await asyncio.to_thread(_load_key, key_hash)
+        except (DjangoOperationalError, DjangoInterfaceError) as exc:
+            if cached is not None:  # the database is away: the key as it was a moment ago
+                return cached[1]
+            log.warning("database unreachable (%s): a key not seen before could not be checked", type(exc).__name__)
+            raise PlatformUnavailable() from exc
         if generation == self._generation:
             self._keys[key_hash] = (now + (KEY_TTL if info else UNKNOWN_KEY_TTL), info)
         return info
@@ -296,6 +423,14 @@ class GatewayState:
         async with self._catalog_lock:
             if time.monotonic() - self._catalog_at >= CATALOG_TTL:
                 stamp, generation = time.monotonic(), self._generation
-                self._catalog = await asyncio.to_thread(_load_catalog)
+                try:
+                    self._catalog = await asyncio.to_thread(_load_catalog)
+                except (DjangoOperationalError, DjangoInterfaceError) as exc:
+                    if not self._catalog:
+                        raise PlatformUnavailable() from exc
+                    # The database is away: serve the catalog as it was, and try again shortly.
+                    log.warning("catalog reload failed (%s): serving the cached catalog", type(exc).__name__)
+                    self._catalog_at = stamp - CATALOG_TTL + DB_RETRY_SECONDS * 20
+                    return self._catalog
                 self._catalog_at = stamp if generation == self._generation else 0.0
         return self._catalog
