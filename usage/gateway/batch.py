@@ -78,6 +78,13 @@ async def settle(pool: AsyncConnectionPool, items: list[dict]) -> list[Decimal |
     return [costs.get(item["request_id"]) for item in items]
 
 
+async def mark_streaming(pool: AsyncConnectionPool, items: list[dict]) -> list[None]:
+    """sql.MARK_STREAMING for the streams in `items` (request_id, first_byte_at, output_reached_client)."""
+    async with pool.connection() as conn:
+        await conn.execute(sql.MARK_STREAMING, {"rows": rows_json(items)})
+    return [None] * len(items)
+
+
 class Batcher:
     """Runs `run(items)` for the items submitted, one call at a time per shard of accounts; `run`
     returns one result per item, in order."""

@@ -139,12 +139,24 @@ SELECT request_id, cost_usd FROM usage
 SETTLE_MANY = _settle(recordset(SETTLE_COLUMNS))
 SETTLE_ONE = _settle(one_row(SETTLE_COLUMNS))
 
-# The sweeper: release a hold whose request died (process killed) and finish its usage row.
+# A stream that has been reaching its client for a while says so on its pending row, so that a
+# row finished by the sweeper (the process was killed) still tells what the client saw.
+MARK_STREAMING = """
+UPDATE usage_usagerecord u
+   SET status = 200, first_byte_at = r.first_byte_at, output_reached_client = r.output_reached_client
+  FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(request_id text, first_byte_at timestamptz, output_reached_client boolean)
+ WHERE u.request_id = r.request_id AND u.billing_result = 'pending'
+"""
+
+# The sweeper: release a hold whose request died (process killed) and finish its usage row. A
+# stream whose client had output (MARK_STREAMING) was interrupted as far as that client knows.
 SWEEP_HOLD = f"""
 WITH {ONE_SETTLE}, {SETTLE_CTE}, usage AS (
     UPDATE usage_usagerecord
        SET billing_result = 'not_billed', cost_usd = 0, status = COALESCE(status, 500),
-           error_class = 'upstream_or_platform_error', error_code = 'interrupted',
+           error_class = CASE WHEN output_reached_client THEN 'stream_interrupted'
+                              ELSE 'upstream_or_platform_error' END,
+           error_code = 'interrupted',
            error_message = 'The request was interrupted (gateway process stopped); its hold was released.',
            finished_at = now()
      WHERE hold_id = %(hold_id)s AND billing_result = 'pending'

@@ -200,6 +200,7 @@ class GatewayState:
         self.limiter: Limiter | None = None
         self.reserves: batch.Batcher | None = None
         self.settles: batch.Batcher | None = None
+        self.marks: batch.Batcher | None = None
         self._keys: dict[str, tuple[float, KeyInfo | None]] = {}
         self._catalog: dict[str, ModelInfo] = {}
         self._catalog_at = 0.0
@@ -226,6 +227,7 @@ class GatewayState:
         # They read self.pool at each call: the pool is replaced when the database returns.
         self.reserves = batch.Batcher(lambda items: self.on_db(batch.reserve, items), name="reserve", shards=shards)
         self.settles = batch.Batcher(lambda items: self.on_db(batch.settle, items), name="settle", shards=shards)
+        self.marks = batch.Batcher(lambda items: self.on_db(batch.mark_streaming, items), name="mark")
         self.limiter = Limiter(settings.REDIS_URL)
         self.outbox = Outbox(settings.REDIS_URL)
         self.outbox_wake = asyncio.Event()
@@ -268,7 +270,7 @@ class GatewayState:
         for task in (self._listener, self._drainer, self._recovery):
             if task:
                 task.cancel()
-        for batcher in (self.reserves, self.settles):
+        for batcher in (self.reserves, self.settles, self.marks):
             if batcher:
                 await batcher.drain()
         if self.outbox:
