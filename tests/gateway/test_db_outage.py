@@ -92,14 +92,18 @@ def test_requests_fail_fast_while_the_database_is_away_and_their_rows_land_later
         assert response.headers["x-request-id"] == error["request_id"]
     assert max(seconds for _, seconds in answers[1:]) < 0.5  # the circuit is open: no waiting
     ids = [response.headers["x-request-id"] for response, _ in answers]
+    models = gateway.get("/v1/models")  # served from the cached catalog; its row comes later
+    assert models.status_code == 200 and models.json()["data"]
+    ids.append(models.headers["x-request-id"])
     assert not UsageRecord.objects.filter(request_id__in=ids).exists()  # nowhere to write them yet
 
     proxy.restore()
     returned = time.monotonic()
     wait_until(lambda: gateway.post("/v1/chat/completions", json=CHAT).status_code == 200, what="serving again")
     assert time.monotonic() - returned < 1.5  # serving again about a second after the return
-    wait_until(lambda: UsageRecord.objects.filter(request_id__in=ids).count() == 3, what="the deferred rows")
-    for request_id in ids:
+    wait_until(lambda: UsageRecord.objects.filter(request_id__in=ids).count() == 4, what="the deferred rows")
+    assert (gateway.row(ids[-1]).status, gateway.row(ids[-1]).endpoint) == (200, "/v1/models")
+    for request_id in ids[:-1]:
         row = gateway.row(request_id)
         assert (row.status, row.billing_result, row.error_code) == (503, "not_billed", "platform_error")
     assert not UsageRecord.objects.filter(billing_result="pending").exists()

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 from openbili.core.errors import ModelNotFound
-from usage.gateway import sql
-from usage.gateway.context import Ctx, authenticate, execute, now_utc, send_bytes
+from usage.gateway.context import Ctx, authenticate, now_utc, send_bytes
 from usage.gateway.endpoints import chat
 from usage.gateway.state import GatewayState, ModelInfo
 
@@ -34,6 +33,6 @@ async def handle(state: GatewayState, ctx: Ctx, send, model_id: str | None = Non
         body = model_json(model)
     row = ctx.row or ctx.new_row()
     row.update(status=200, billing_result="not_billed", finished_at=now_utc())
-    await execute(state, sql.INSERT_USAGE, row)
+    await state.write_row(row)  # deferred to the outbox while the database is away: served from cache
     ctx.row_written = True
     await send_bytes(send, ctx, 200, json.dumps(body).encode())
