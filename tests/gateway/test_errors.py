@@ -475,6 +475,12 @@ def test_unknown_v1_path_is_a_404_json_error(gateway, path):
     assert_sdk_error(caught.value, status=404, code="unknown_url")
 
 
+def test_a_long_unknown_url_is_not_echoed_whole(gateway):
+    response = gateway.get("/v1/" + "x" * 20_000)
+    assert_error_body(response, status=404, code="unknown_url")
+    assert len(response.content) < 1_000  # the message names the URL's first 200 characters only
+
+
 @pytest.mark.parametrize(
     ("method", "path"), [("GET", CHAT), ("PUT", CHAT), ("POST", "/v1/models"), ("DELETE", "/v1/models/gpt-5")]
 )

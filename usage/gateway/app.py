@@ -67,7 +67,8 @@ class Gateway:
                 model_id = path[len("/v1/models/") :] if path.startswith("/v1/models/") else None
                 await models.handle(self.state, ctx, send, model_id=model_id)
             else:
-                raise NotFoundUrl(f"Unknown URL: {method} {scope['path']}.")
+                shown = scope["path"] if len(scope["path"]) <= 200 else scope["path"][:200] + "…"
+                raise NotFoundUrl(f"Unknown URL: {method[:20]} {shown}.")
         except OpenbiliError as error:
             await lifecycle.refuse(self.state, ctx, endpoint, send, error)
         except Exception:
