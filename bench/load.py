@@ -30,6 +30,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -270,6 +272,206 @@ def summarize(samples: Samples, *, concurrency: int, stream: bool) -> dict[str, 
     }
 
 
+# --------------------------------------------------------------------------------------------------
+# Mixed load: every /v1 entry point in fixed proportions (bench/run.py --soak)
+# --------------------------------------------------------------------------------------------------
+
+ERROR_CODE = re.compile(rb'"code": ?"([^"]{1,64})"')
+
+
+def mix_body(item: dict[str, Any]) -> bytes | None:
+    """The body of one mix item: kind chat or messages as body_for; count_tokens model + messages."""
+    if item["kind"] == "models":
+        return None
+    if item["kind"] == "count_tokens":
+        return json.dumps({"model": item["model"], "messages": MESSAGES_PAYLOAD["messages"]}).encode()
+    return body_for(item["stream"], item["model"], item["kind"])
+
+
+def mix_headers(key: str, item: dict[str, Any]) -> dict[str, str]:
+    """Anthropic's way (x-api-key, anthropic-version) for messages and count_tokens, else a Bearer."""
+    if item["kind"] in ("messages", "count_tokens"):
+        return headers_for(key, "messages", "x-api-key")
+    return headers_for(key)
+
+
+def mix_schedule(mix: list[dict[str, Any]], seed: int) -> list[int]:
+    """One period of the mix: item i appears weight_i times, in a seeded random order."""
+    slots = [i for i, item in enumerate(mix) for _ in range(item["weight"])]
+    random.Random(seed).shuffle(slots)
+    return slots
+
+
+def error_code(data: bytes) -> str:
+    match = ERROR_CODE.search(data)
+    return match.group(1).decode("ascii", "replace") if match else "?"
+
+
+async def mixed_request(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: bytes | None,
+    kind: str,
+    stream: bool,
+    timeout: aiohttp.ClientTimeout,
+) -> tuple[str, float, float | None]:
+    """(outcome, latency s, TTFB s or None). Outcome: "ok"; "HTTP <status> <code>"; for a 2xx
+    stream "stream error event <code>" (the gateway's error event, no terminator) or "stream
+    incomplete"; "client timeout" or the aiohttp exception's name."""
+    start = time.perf_counter()
+    ttfb = None
+    try:
+        async with session.request(method, url, data=body, headers=headers, timeout=timeout) as resp:
+            if stream and resp.status < 300:
+                done_marker = b"message_stop" if kind == "messages" else b"data: [DONE]"
+                error_marker = b"event: error" if kind == "messages" else b'data: {"error"'
+                first_marker = b"content_block_delta" if kind == "messages" else b"data: "
+                tail, done, error_event = b"", False, b""
+                while True:
+                    chunk = await resp.content.readany()
+                    if not chunk:
+                        break
+                    window = tail + chunk
+                    if ttfb is None and first_marker in window:
+                        ttfb = time.perf_counter() - start
+                    done = done or done_marker in window
+                    if error_event:
+                        error_event += chunk
+                    elif error_marker in window:
+                        error_event = window[window.index(error_marker) :]
+                    tail = window[-128:]
+                if done and not error_event:
+                    outcome = "ok"
+                elif error_event:
+                    outcome = f"stream error event {error_code(error_event)}"
+                else:
+                    outcome = "stream incomplete"
+            else:
+                data = await resp.read()
+                outcome = "ok" if resp.status < 300 else f"HTTP {resp.status} {error_code(data)}"
+    except TimeoutError:
+        return "client timeout", time.perf_counter() - start, None
+    except aiohttp.ClientError as exc:
+        return type(exc).__name__, time.perf_counter() - start, None
+    return outcome, time.perf_counter() - start, ttfb
+
+
+@dataclass
+class MixStats:
+    sent: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)  # every answered request, faults included
+    ok_latencies: list[float] = field(default_factory=list)
+    ttfbs: list[float] = field(default_factory=list)
+
+    def add(self, outcome: str, latency: float, ttfb: float | None, measured: bool) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        if not measured:
+            return
+        self.latencies.append(latency)
+        if outcome == "ok":
+            self.ok_latencies.append(latency)
+            if ttfb is not None:
+                self.ttfbs.append(ttfb)
+
+
+async def run_mix(
+    base_url: str,
+    *,
+    keys: list[str],
+    mix: list[dict[str, Any]],
+    concurrency: int = 8,
+    duration: float = 60.0,
+    warmup_seconds: float = 10.0,
+    timeout: float = 60.0,
+    seed: int = 1,
+    stagger_ms: float = 0.0,
+    on_start: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Every request takes the next slot of the mix's schedule (mix_schedule) and the next key.
+
+    ``mix`` items: name, method, path, kind (chat, messages, count_tokens, models), model,
+    stream, weight. Request n uses item schedule[n % period] and key (n + n // period) % len(keys),
+    so every item is sent with every key. The warm-up (``warmup_seconds``, same mix) is counted in
+    what was sent (every request should leave a usage row) but not in the latencies. Per item and
+    per key: requests sent and outcomes; per item: p50/p90/p99/max latency (all answered
+    requests, and the "ok" ones), TTFB of the ok streams.
+    """
+    schedule = mix_schedule(mix, seed)
+    period = len(schedule)
+    bodies = [mix_body(item) for item in mix]
+    headers = [[mix_headers(key, item) for key in keys] for item in mix]
+    urls = [base_url + item["path"] for item in mix]
+    phases = {phase: [MixStats() for _ in mix] for phase in ("warmup", "measured")}
+    by_key = [0] * len(keys)
+    counter = [0]
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False, keepalive_timeout=60)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+
+        async def worker(i: int, phase: str, deadline: float) -> None:
+            await asyncio.sleep(i * stagger_ms / 1000 if phase == "warmup" else 0)
+            stats = phases[phase]
+            while time.perf_counter() < deadline:
+                n = counter[0]
+                counter[0] += 1
+                index, key = schedule[n % period], (n + n // period) % len(keys)
+                item = mix[index]
+                stats[index].sent += 1
+                by_key[key] += 1
+                outcome, latency, ttfb = await mixed_request(
+                    session,
+                    item["method"],
+                    urls[index],
+                    headers[index][key],
+                    bodies[index],
+                    item["kind"],
+                    item["stream"],
+                    client_timeout,
+                )
+                stats[index].add(outcome, latency, ttfb, measured=phase == "measured")
+
+        deadline = time.perf_counter() + warmup_seconds
+        await asyncio.gather(*(worker(i, "warmup", deadline) for i in range(concurrency)))
+        if on_start is not None:
+            on_start()
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(i, "measured", began + duration) for i in range(concurrency)))
+        seconds = time.perf_counter() - began
+
+    def ms(values: list[float]) -> dict[str, float | None]:
+        ordered = sorted(values)
+        out = {f"p{q}": percentile(ordered, q) for q in (50, 90, 99)} | {"max": ordered[-1] if ordered else None}
+        return {name: None if v is None else round(v * 1000, 3) for name, v in out.items()}
+
+    def summary(stats: MixStats, measured: bool) -> dict[str, Any]:
+        data: dict[str, Any] = {"sent": stats.sent, "outcomes": dict(sorted(stats.outcomes.items()))}
+        if measured:
+            data |= {"latency_ms": ms(stats.latencies), "ok_latency_ms": ms(stats.ok_latencies)}
+            data["ttfb_ms"] = ms(stats.ttfbs) if stats.ttfbs else None
+        return data
+
+    measured = sum(s.sent for s in phases["measured"])
+    return {
+        "concurrency": concurrency,
+        "seconds": round(seconds, 3),
+        "warmup_seconds": warmup_seconds,
+        "rps": round(measured / seconds, 1),
+        "sent": counter[0],
+        "measured_sent": measured,
+        "sent_by_key": by_key,
+        "items": {
+            item["name"]: {
+                "warmup": summary(phases["warmup"][i], False),
+                "measured": summary(phases["measured"][i], True),
+            }
+            for i, item in enumerate(mix)
+        },
+    }
+
+
 def process_main(conn, kwargs: dict[str, Any]) -> None:
     """Entry point of a driver child process (bench/run.py): the load runs alone in its process.
 
@@ -289,8 +491,9 @@ def process_main(conn, kwargs: dict[str, Any]) -> None:
         if not conn.poll(60) or conn.recv() != "go":
             raise RuntimeError("the parent did not answer")
 
+    run = run_mix if "mix" in kwargs else run_load
     try:
-        conn.send(asyncio.run(run_load(**kwargs, on_start=on_start)))
+        conn.send(asyncio.run(run(**kwargs, on_start=on_start)))
     except Exception as exc:
         conn.send({"driver_error": f"{type(exc).__name__}: {exc}"})
     finally:

@@ -12,7 +12,10 @@ to back, measuring latency and TTFB percentiles from the client (bench/load.py) 
 the CPU seconds of each target's process tree, of every `postgres` process and the peak RSS, per
 scenario. Scenarios come in three groups (chat on an OpenAI route, /v1/messages and chat on an
 Anthropic route), four loads each. Prints a table per scenario, the ratios Openbili ÷ LiteLLM and
-Openbili ÷ floor and the PASS/FAIL lines, writes bench/results/latest.json. Everything it started is
+Openbili ÷ floor and the PASS/FAIL lines, writes bench/results/latest.json. With --soak SECONDS it
+then drives every /v1 entry point mixed (SOAK_MIX) on accounts of its own while the fake upstream
+faults 5% of its calls, and checks what the soak left: a usage row per request, none pending, no
+open hold, the ledger reconciled, the gateway's RSS flat (soak()). Everything it started is
 stopped at the end, also on Ctrl-C or an error. See bench/README.md.
 """
 
@@ -25,6 +28,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
@@ -369,6 +373,7 @@ class Target:
     cpu_group: str
     notes: dict[str, Any] = field(default_factory=dict)
     messages_auth: str = "x-api-key"  # how the key goes with /v1/messages ("x-api-key" or "bearer")
+    soak_keys: list[tuple[str, str]] = field(default_factory=list)  # (account, key) of SOAK_ACCOUNTS
 
     def load_args(self, api: str) -> dict[str, Any]:
         """drive() arguments for one scenario group on this target (URL, model, wire format, auth).
@@ -558,6 +563,15 @@ def start_openbili(args: argparse.Namespace, upstream: str) -> Target:
             raise RuntimeError(f"key_create printed no key: {key!r}")
         keys.append(key)
     key = keys[0]
+    soak_keys = []
+    if args.soak > 0:  # the soak's own accounts: its rows, holds and charges are told apart by them
+        for account, names in SOAK_ACCOUNTS:
+            manage(env, "account_create", account, "--credit", SOAK_CREDIT)
+            for name in names:
+                secret = manage(env, "key_create", "--account", account, "--name", name, "--quiet", *limits).strip()
+                if not secret.startswith("sk-"):
+                    raise RuntimeError(f"key_create printed no key: {secret!r}")
+                soak_keys.append((account, secret))
     if args.synchronous_commit != "on":  # diagnostic only: what WAL flushes at commit cost
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f"ALTER DATABASE {BENCH_DB} SET synchronous_commit = {args.synchronous_commit}")
@@ -576,7 +590,7 @@ def start_openbili(args: argparse.Namespace, upstream: str) -> Target:
 
     wait_port(port, service, 60)
     wait_ready(ready, service, 60, "GET /v1/models listing bench-model")
-    return Target("openbili", base, ",".join(keys), service, "openbili", notes=notes)
+    return Target("openbili", base, ",".join(keys), service, "openbili", notes=notes, soak_keys=soak_keys)
 
 
 LITELLM_CONFIG = """\
@@ -1070,8 +1084,50 @@ def targets_check(results: dict[str, dict[str, dict]], ratio_data: dict) -> tupl
 # --------------------------------------------------------------------------------------------------
 
 
-def soak(target: Target, seconds: float, monitor: Monitor) -> tuple[str, dict]:
-    say(f"soak: non-stream concurrency 8 against {target.name} for {seconds:.0f} s")
+# The soak's own accounts (account, its keys): their rows, holds and ledger entries are the soak's.
+SOAK_ACCOUNTS = (("soak-1", ("soak-1a", "soak-1b")), ("soak-2", ("soak-2a",)), ("soak-3", ("soak-3a",)))
+SOAK_CREDIT = "1000000"
+SOAK_CONCURRENCY = 8
+SOAK_FAULT_RATE = 0.05  # share of upstream calls answered with a fault (bench/upstream.py FAULTS)
+SOAK_FAULT_SEED = 1
+SOAK_ROUTE_TIMEOUT = 3  # s: the routes' read timeout during the soak, so a hung upstream times out
+SOAK_RSS_LIMIT_PCT = 10.0
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+# Every /v1 entry point, in fixed proportions (weight = requests per 100). A row is told apart by
+# (endpoint, model_requested, stream).
+SOAK_MIX: list[dict[str, Any]] = [
+    {"name": name, "method": "GET" if kind == "models" else "POST", "path": path, "kind": kind, "model": model}
+    | {"stream": stream, "weight": weight}
+    for name, path, kind, model, stream, weight in (
+        ("chat", CHAT_PATH, "chat", CHAT_MODEL, False, 25),  # OpenAI route, pass-through
+        ("chat_stream", CHAT_PATH, "chat", CHAT_MODEL, True, 20),
+        ("chat_claude", CHAT_PATH, "chat", CLAUDE_MODEL, False, 10),  # Anthropic route, translated
+        ("chat_claude_stream", CHAT_PATH, "chat", CLAUDE_MODEL, True, 5),
+        ("messages", MESSAGES_PATH, "messages", CLAUDE_MODEL, False, 15),  # Anthropic route, pass-through
+        ("messages_stream", MESSAGES_PATH, "messages", CLAUDE_MODEL, True, 10),
+        ("count_tokens", COUNT_TOKENS_PATH, "count_tokens", CLAUDE_MODEL, False, 10),
+        ("models", "/v1/models", "models", "", False, 5),
+    )
+]
+
+
+def soak(target: Target, seconds: float, monitor: Monitor, upstream_url: str) -> tuple[str, dict]:
+    """Every /v1 entry point mixed (SOAK_MIX) at c=8 on the soak's accounts, with SOAK_FAULT_RATE of
+    the upstream calls faulted; then rows, pending, holds, ledger and RSS, each with its verdict."""
+    warmup = min(30.0, max(seconds / 10, 3.0))
+    say(
+        f"soak: every /v1 entry point mixed, c={SOAK_CONCURRENCY}, {seconds:.0f} s (+{warmup:.0f} s warm-up), "
+        f"{SOAK_FAULT_RATE:.0%} upstream faults, {len(target.soak_keys)} keys on {len(SOAK_ACCOUNTS)} accounts"
+    )
+    if not target.soak_keys:
+        raise RuntimeError("the soak's accounts were not created (start_openbili runs with args.soak)")
+    with psycopg.connect(BENCH_DB_URL, autocommit=True) as conn:
+        timeouts = conn.execute("SELECT id, timeout_seconds FROM billing_route ORDER BY id").fetchall()
+        conn.execute("UPDATE billing_route SET timeout_seconds = %s", (SOAK_ROUTE_TIMEOUT,))  # NOTIFY: reloaded
+    time.sleep(1.0)
+    faults_url = upstream_url + "/__bench__/faults"
+    http("POST", faults_url, body=json.dumps({"rate": SOAK_FAULT_RATE, "seed": SOAK_FAULT_SEED}).encode())
+    log_offset = target.service.log_offset()
     rss_start: dict[int, int] = {}
     timeline: list[dict] = []
     stop = threading.Event()
@@ -1092,55 +1148,355 @@ def soak(target: Target, seconds: float, monitor: Monitor) -> tuple[str, dict]:
     thread.start()
     try:
         result = drive(
-            **target.load_args("chat"),
-            concurrency=8,
-            requests=int(seconds * 10_000),
+            base_url=target.base_url,
+            keys=[key for _, key in target.soak_keys],
+            mix=SOAK_MIX,
+            concurrency=SOAK_CONCURRENCY,
             duration=seconds,
-            warmup=200,
+            warmup_seconds=warmup,
+            timeout=60.0,
+            seed=SOAK_FAULT_SEED,
             on_start=on_start,
         )
     finally:
         stop.set()
         thread.join(timeout=5)
+        _, raw = http("GET", faults_url)
+        http("POST", faults_url, body=json.dumps({"rate": 0}).encode())
+        with psycopg.connect(BENCH_DB_URL, autocommit=True) as conn:
+            for route_id, timeout in timeouts:
+                conn.execute("UPDATE billing_route SET timeout_seconds = %s WHERE id = %s", (timeout, route_id))
     rss_end = monitor.rss_by_pid(target.cpu_group)
     window = monitor.since(mark)
-    lines = [f"== soak: {target.name}, non-stream c=8, {result['seconds']:.0f} s =="]
+    faults = json.loads(raw)
+    ledger_data = soak_ledger(target, result)
+    data = {
+        "config": {
+            "mix": SOAK_MIX,
+            "concurrency": SOAK_CONCURRENCY,
+            "fault_rate": SOAK_FAULT_RATE,
+            "route_timeout_s": SOAK_ROUTE_TIMEOUT,
+            "accounts": [{"account": account, "keys": list(keys)} for account, keys in SOAK_ACCOUNTS],
+        },
+        "load": result,
+        "upstream_faults": faults,
+        "ledger": ledger_data,
+        "rss": [],
+        "timeline": timeline,
+        "cpu_s": window["cpu_s"],
+    }
+    data |= soak_log(target.service.log_since(log_offset, 1_000_000))
+    text = soak_report(target, result, faults, ledger_data, rss_start, rss_end, timeline, data)
+    return text, data
+
+
+LOG_LEVEL = re.compile(r" (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+
+
+def soak_log(lines: list[str]) -> dict[str, Any]:
+    """The gateway's log during the soak: lines by level; the first warnings and errors (else the
+    first lines), since INFO lines are expected there (count_tokens estimated after a fault)."""
+    levels: dict[str, int] = {}
+    notable = []
+    for line in lines:
+        match = LOG_LEVEL.search(line)
+        level = match.group(1) if match else "other"
+        levels[level] = levels.get(level, 0) + 1
+        if level not in ("DEBUG", "INFO") and len(notable) < 200:
+            notable.append(line)
+    shown = "warnings, errors and other lines" if notable else "lines"
+    return {"log_line_count": len(lines), "log_levels": levels, "log_lines": notable or lines[:200], "shown": shown}
+
+
+def soak_ledger(target: Target, load_result: dict) -> dict[str, Any]:
+    """What the soak left in the bench database: its accounts' rows (by mix item, result, account),
+    pending rows, open holds, and the ledger (every account; the soak's charges against its rows).
+    Pending rows right after the load are waited for (at most 30 s) before the verdict."""
+    accounts = [account for account, _ in SOAK_ACCOUNTS]
+    with psycopg.connect(BENCH_DB_URL, autocommit=True) as conn:
+        ids = dict(conn.execute("SELECT name, id FROM billing_account WHERE name = ANY(%s)", (accounts,)).fetchall())
+        account_ids = list(ids.values())
+        pending_query = (
+            "SELECT count(*) FILTER (WHERE account_id = ANY(%s)), count(*) FROM usage_usagerecord"
+            " WHERE billing_result = 'pending'"
+        )
+        pending_first = conn.execute(pending_query, (account_ids,)).fetchone()
+        waited = 0
+        pending = pending_first
+        while pending[1] and waited < 30:
+            time.sleep(1)
+            waited += 1
+            pending = conn.execute(pending_query, (account_ids,)).fetchone()
+        groups = conn.execute(
+            """SELECT endpoint, model_requested, stream, billing_result, status, count(*)
+                 FROM usage_usagerecord WHERE account_id = ANY(%s) GROUP BY 1, 2, 3, 4, 5""",
+            (account_ids,),
+        ).fetchall()
+        rows_by_account = dict(
+            conn.execute(
+                "SELECT account_id, count(*) FROM usage_usagerecord WHERE account_id = ANY(%s) GROUP BY 1",
+                (account_ids,),
+            ).fetchall()
+        )
+        holds_open = conn.execute(
+            "SELECT count(*) FILTER (WHERE account_id = ANY(%s)), count(*) FROM billing_hold WHERE state = 'open'",
+            (account_ids,),
+        ).fetchone()
+        per_account = conn.execute(
+            """SELECT a.name, a.balance, COALESCE(l.total, 0), a.reserved, COALESCE(h.total, 0)
+                 FROM billing_account a
+                 LEFT JOIN (SELECT account_id, sum(amount) AS total FROM billing_ledgerentry GROUP BY 1) l
+                        ON l.account_id = a.id
+                 LEFT JOIN (SELECT account_id, sum(amount) AS total FROM billing_hold WHERE state = 'open'
+                             GROUP BY 1) h ON h.account_id = a.id
+                ORDER BY a.id"""
+        ).fetchall()
+        usage_cost, uncharged = conn.execute(
+            "SELECT COALESCE(sum(cost_usd), 0), COALESCE(sum(uncharged_usd), 0) FROM usage_usagerecord"
+            " WHERE account_id = ANY(%s)",
+            (account_ids,),
+        ).fetchone()
+        charges, charge_count = conn.execute(
+            "SELECT COALESCE(-sum(amount), 0), count(*) FROM billing_ledgerentry"
+            " WHERE kind = 'usage' AND account_id = ANY(%s)",
+            (account_ids,),
+        ).fetchone()
+        settled = conn.execute(
+            "SELECT COALESCE(sum(settled_amount), 0) FROM billing_hold WHERE account_id = ANY(%s)", (account_ids,)
+        ).fetchone()[0]
+        row_mismatch = conn.execute(
+            """SELECT count(*) FROM usage_usagerecord u
+                 LEFT JOIN billing_ledgerentry e ON e.request_id = u.request_id AND e.kind = 'usage'
+                WHERE u.account_id = ANY(%s) AND u.cost_usd <> COALESCE(-e.amount, 0)""",
+            (account_ids,),
+        ).fetchone()[0]
+        orphan_charges = conn.execute(
+            """SELECT count(*) FROM billing_ledgerentry e
+                WHERE e.kind = 'usage' AND e.account_id = ANY(%s)
+                  AND NOT EXISTS (SELECT 1 FROM usage_usagerecord u WHERE u.request_id = e.request_id)""",
+            (account_ids,),
+        ).fetchone()[0]
+    item_of = {(i["path"], i["model"], i["stream"]): i["name"] for i in SOAK_MIX}
+    rows_by_item: dict[str, int] = {}
+    results_by_item: dict[str, dict[str, int]] = {}
+    for endpoint, model, stream, billing_result, status, count in groups:
+        name = item_of.get((endpoint, model, stream), f"other {endpoint} {model!r} stream={stream}")
+        rows_by_item[name] = rows_by_item.get(name, 0) + count
+        label = f"{billing_result}/{status}"
+        results_by_item.setdefault(name, {})
+        results_by_item[name][label] = results_by_item[name].get(label, 0) + count
+    sent_by_account: dict[str, int] = {}
+    for (account, _), sent in zip(target.soak_keys, load_result["sent_by_key"], strict=True):
+        sent_by_account[account] = sent_by_account.get(account, 0) + sent
+    unbalanced = [
+        {"account": name, "balance": f"{balance:f}", "ledger_sum": f"{total:f}"}
+        for name, balance, total, _, _ in per_account
+        if balance != total
+    ]
+    misreserved = [
+        {"account": name, "reserved": f"{reserved:f}", "open_holds": f"{held:f}"}
+        for name, _, _, reserved, held in per_account
+        if reserved != held
+    ]
+    return {
+        "rows": sum(rows_by_item.values()),
+        "rows_by_item": rows_by_item,
+        "results_by_item": results_by_item,
+        "rows_by_account": {name: rows_by_account.get(ids.get(name), 0) for name in accounts},
+        "sent_by_account": sent_by_account,
+        "pending_after_load": {"soak": pending_first[0], "all": pending_first[1]},
+        "pending": {"soak": pending[0], "all": pending[1], "waited_s": waited},
+        "open_holds": {"soak": holds_open[0], "all": holds_open[1]},
+        "accounts_checked": len(per_account),
+        "balances": {name: f"{balance:f}" for name, balance, _, _, _ in per_account if name in ids},
+        "unbalanced_accounts": unbalanced,
+        "misreserved_accounts": misreserved,
+        "usage_cost": f"{usage_cost:f}",
+        "charges": f"{charges:f}",
+        "charge_count": charge_count,
+        "holds_settled": f"{settled:f}",
+        "uncharged": f"{uncharged:f}",
+        "cost_equals_charges": usage_cost == charges == settled,
+        "rows_cost_not_charge": row_mismatch,
+        "charges_without_row": orphan_charges,
+    }
+
+
+def soak_report(
+    target: Target,
+    result: dict,
+    faults: dict,
+    ledger_data: dict,
+    rss_start: dict[int, int],
+    rss_end: dict[int, int],
+    timeline: list[dict],
+    data: dict,
+) -> str:
+    items = result["items"]
+    rows_by_item = ledger_data["rows_by_item"]
+    total_weight = sum(item["weight"] for item in SOAK_MIX)
+    warm_sent = sum(items[i["name"]]["warmup"]["sent"] for i in SOAK_MIX)
+    lines = [
+        f"== soak: {target.name}, every /v1 entry point mixed, c={result['concurrency']}, {result['seconds']:.0f} s "
+        f"(+{result['warmup_seconds']:.0f} s warm-up), {SOAK_FAULT_RATE:.0%} upstream faults, "
+        f"{len(target.soak_keys)} keys on {len(SOAK_ACCOUNTS)} accounts =="
+    ]
     lines.append(
-        f"  {result['completed']} requests, {result['rps']} req/s, p50 {result['latency_ms']['p50']} ms, "
-        f"p99 {result['latency_ms']['p99']} ms, errors {result['errors']} {result['errors_by_kind'] or ''}"
+        f"  requests sent: {result['sent']:,} (warm-up {warm_sent:,} + measured {result['measured_sent']:,}), "
+        f"{result['rps']} req/s measured"
     )
-    lines.append("  pid       process                   RSS start MB  RSS end MB  growth MB")
-    per_pid = []
+    lines.append(
+        "  endpoint              share      sent      rows    p50 ms    p99 ms  p99 ok ms    max ms  (latency: measured"
+        " phase, every answered request; 'ok': the 2xx complete ones)"
+    )
+    outcomes_total: dict[str, int] = {}
+    for item in SOAK_MIX:
+        name = item["name"]
+        warm, measured = items[name]["warmup"], items[name]["measured"]
+        sent = warm["sent"] + measured["sent"]
+        lat, ok_lat = measured["latency_ms"], measured["ok_latency_ms"]
+        lines.append(
+            f"  {name:<20} {item['weight'] / total_weight:6.0%} {sent:>9,} {rows_by_item.get(name, 0):>9,} "
+            f"{fmt(lat['p50'], 9)} {fmt(lat['p99'], 9)} {fmt(ok_lat['p99'], 10)} {fmt(lat['max'], 9)}"
+        )
+        for outcome in set(warm["outcomes"]) | set(measured["outcomes"]):
+            count = warm["outcomes"].get(outcome, 0) + measured["outcomes"].get(outcome, 0)
+            outcomes_total[outcome] = outcomes_total.get(outcome, 0) + count
+    others = {k: v for k, v in ledger_data["rows_by_item"].items() if k not in items}
+    for name, count in others.items():
+        lines.append(f"  {name}: {count} rows (no such request sent)")
+    lines.append(f"  {'total':<27} {result['sent']:>9,} {ledger_data['rows']:>9,}")
+    lines.append("  requests by outcome (client side, warm-up included), per endpoint:")
+    for item in SOAK_MIX:
+        name = item["name"]
+        merged: dict[str, int] = {}
+        for phase in ("warmup", "measured"):
+            for outcome, count in items[name][phase]["outcomes"].items():
+                merged[outcome] = merged.get(outcome, 0) + count
+        shown = ", ".join(f"{k} {v:,}" for k, v in sorted(merged.items(), key=lambda kv: -kv[1]))
+        lines.append(f"    {name:<20} {shown}")
+    shown = ", ".join(f"{k} {v:,}" for k, v in sorted(outcomes_total.items(), key=lambda kv: -kv[1]))
+    lines.append(f"    {'all':<20} {shown}")
+    calls = max(faults.get("calls", 0), 1)
+    injected = sum(faults.get("faults", {}).values())
+    lines.append(
+        f"  upstream: {faults.get('calls', 0):,} calls (retries included), {injected:,} faults injected "
+        f"({100 * injected / calls:.2f}%): " + ", ".join(f"{k} {v:,}" for k, v in faults.get("faults", {}).items())
+    )
+    lines.append("  usage rows by result/status, per endpoint:")
+    by_result = ledger_data["results_by_item"]
+    for name in [i["name"] for i in SOAK_MIX if i["name"] in by_result] + [n for n in by_result if n not in items]:
+        results = by_result[name]
+        shown = ", ".join(f"{k} {v:,}" for k, v in sorted(results.items(), key=lambda kv: -kv[1]))
+        lines.append(f"    {name:<20} {shown}")
+    sent_by_account = ledger_data["sent_by_account"]
+    lines.append(
+        "  rows by account: "
+        + ", ".join(
+            f"{account} {rows:,} rows / {sent_by_account[account]:,} sent"
+            for account, rows in ledger_data["rows_by_account"].items()
+        )
+    )
+    pending, first, holds = ledger_data["pending"], ledger_data["pending_after_load"], ledger_data["open_holds"]
+    lines.append(
+        f"  rows pending: {pending['soak']} (every account: {pending['all']}; right after the load: {first['all']}"
+        + (f", waited {pending['waited_s']} s" if pending["waited_s"] else "")
+        + f"); open holds: {holds['soak']} (every account: {holds['all']})"
+    )
+    lines.append(
+        f"  ledger: {ledger_data['accounts_checked']} accounts, balance = sum of ledger entries for all but "
+        f"{len(ledger_data['unbalanced_accounts'])}, reserved = open holds for all but "
+        f"{len(ledger_data['misreserved_accounts'])}"
+        + "".join(f"\n    UNBALANCED {u}" for u in ledger_data["unbalanced_accounts"])
+        + "".join(f"\n    MISRESERVED {u}" for u in ledger_data["misreserved_accounts"])
+    )
+    lines.append(
+        f"  soak accounts: usage cost of the rows ${ledger_data['usage_cost']} = usage charges "
+        f"${ledger_data['charges']} ({ledger_data['charge_count']:,} ledger entries) = holds settled "
+        f"${ledger_data['holds_settled']}; rows whose cost is not their charge: {ledger_data['rows_cost_not_charge']}; "
+        f"charges without a row: {ledger_data['charges_without_row']}; uncharged (cost above the hold): "
+        f"${ledger_data['uncharged']}"
+    )
+    lines.append("  balances: " + ", ".join(f"{name} ${balance}" for name, balance in ledger_data["balances"].items()))
+    lines.append("  pid       process                   RSS start MB  RSS end MB  growth    min-max over time MB")
+    growths = []
     for pid in sorted(set(rss_start) | set(rss_end)):
         cmd = process_label(pid, target.service.pid)
         start, end = rss_start.get(pid), rss_end.get(pid)
-        growth = (end - start) / 2**20 if start is not None and end is not None else None
-        per_pid.append(
-            {"pid": pid, "cmd": cmd, "rss_start_mb": start and start / 2**20, "rss_end_mb": end and end / 2**20}
+        growth = 100 * (end - start) / start if start and end is not None else None
+        if growth is not None:
+            growths.append(growth)
+        seen = [p["rss_mb"][pid] for p in timeline if pid in p["rss_mb"]]
+        data["rss"].append(
+            {
+                "pid": pid,
+                "cmd": cmd,
+                "rss_start_mb": start and round(start / 2**20, 1),
+                "rss_end_mb": end and round(end / 2**20, 1),
+                "growth_pct": growth and round(growth, 2),
+            }
         )
         lines.append(
             f"  {pid:<9} {cmd:<26} {fmt(start and start / 2**20, 12, 1)} {fmt(end and end / 2**20, 11, 1)} "
-            f"{fmt(growth, 10, 1)}"
+            f"{fmt(growth, 6, 1)}%    {fmt(min(seen, default=None), 6, 1)}-{fmt(max(seen, default=None), 0, 1)}"
         )
     if timeline:
         pids = sorted(rss_end)
-        lines.append(
-            "  RSS over time, MB ("
-            + ", ".join(f"{pid} {process_label(pid, target.service.pid)}" for pid in pids)
-            + "):"
-        )
+        lines.append("  RSS over time, MB (" + ", ".join(str(pid) for pid in pids) + "):")
         for point in timeline:
             lines.append(
                 f"    t={point['t']:>6.0f}s  " + "  ".join(fmt(point["rss_mb"].get(pid), 7, 1) for pid in pids)
             )
-    data = {
-        "load": result,
-        "rss": per_pid,
-        "timeline": timeline,
-        "cpu_s": window["cpu_s"],
-        "log_lines": target.service.log_since(0, 40),
-    }
-    return "\n".join(lines), data
+    levels = ", ".join(f"{level} {count:,}" for level, count in data["log_levels"].items())
+    first = f"; the first {data['shown']}:" if data["log_lines"] else ""
+    lines.append(f"  gateway log during the soak: {data['log_line_count']:,} line(s) ({levels or 'none'}){first}")
+    lines.extend("    " + line[:300] for line in data["log_lines"][:10])
+
+    lost = [
+        f"{item['name']} {ledger_data['rows_by_item'].get(item['name'], 0)}/"
+        f"{items[item['name']]['warmup']['sent'] + items[item['name']]['measured']['sent']}"
+        for item in SOAK_MIX
+        if ledger_data["rows_by_item"].get(item["name"], 0)
+        != items[item["name"]]["warmup"]["sent"] + items[item["name"]]["measured"]["sent"]
+    ]
+    lost += [
+        f"{account} {rows}/{ledger_data['sent_by_account'][account]}"
+        for account, rows in ledger_data["rows_by_account"].items()
+        if rows != ledger_data["sent_by_account"][account]
+    ]
+    if others:
+        lost.append(f"{sum(others.values())} rows of no request sent")
+    reconciled = (
+        not ledger_data["unbalanced_accounts"]
+        and not ledger_data["misreserved_accounts"]
+        and ledger_data["cost_equals_charges"]
+        and ledger_data["rows_cost_not_charge"] == 0
+        and ledger_data["charges_without_row"] == 0
+    )
+    worst = max(growths, default=None)
+    checks = [
+        (
+            "zero lost rows",
+            not lost and ledger_data["rows"] == result["sent"],
+            f"{ledger_data['rows']:,} usage rows = {result['sent']:,} requests sent (by endpoint and by account)"
+            + (f"; differs: {', '.join(lost)}" if lost else ""),
+        ),
+        ("zero pending", pending["all"] == 0, f"{pending['all']} pending rows"),
+        ("no open holds", holds["all"] == 0, f"{holds['all']} open holds"),
+        (
+            "ledger reconciled",
+            reconciled,
+            "every balance = its ledger sum, every reserve = its open holds, soak usage cost = charges = holds settled",
+        ),
+        (
+            f"RSS flat within {SOAK_RSS_LIMIT_PCT:.0f}%",
+            worst is not None and worst <= SOAK_RSS_LIMIT_PCT,
+            "largest growth " + ("-" if worst is None else f"{worst:+.1f}%"),
+        ),
+    ]
+    data["checks"] = [{"check": name, "pass": ok, "detail": detail} for name, ok, detail in checks]
+    lines.extend(f"  [{'PASS' if ok else 'FAIL'}] {name}: {detail}" for name, ok, detail in checks)
+    return "\n".join(lines)
 
 
 class PgWaits:
@@ -1355,7 +1711,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short scenarios (smoke run, under a minute)")
     parser.add_argument("--litellm", action="store_true", help="also measure a LiteLLM proxy (own venv)")
-    parser.add_argument("--soak", type=float, default=0, metavar="SECONDS", help="then soak Openbili (c=8)")
+    parser.add_argument(
+        "--soak",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="then soak Openbili: every /v1 entry point mixed, c=8, 5%% upstream faults; rows, ledger and RSS checked",
+    )
     parser.add_argument("--workers", type=int, default=1, help="worker processes of Openbili and LiteLLM")
     parser.add_argument("--profile", action="store_true", help="then py-spy the targets during non-stream c=32")
     parser.add_argument("--upstream-latency-ms", type=float, default=0, help="fake upstream first-byte delay")
@@ -1476,7 +1838,7 @@ def main(argv: list[str] | None = None) -> int:
                 output["profiles"][target.name] = data
 
         if args.soak > 0:
-            text, data = soak(openbili, args.soak, monitor)
+            text, data = soak(openbili, args.soak, monitor, upstream_url)
             print("\n" + text + "\n", flush=True)
             report.append(text)
             output["soak"] = data
