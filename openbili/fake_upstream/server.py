@@ -1489,6 +1489,9 @@ def _make_handler(state: UpstreamState):
         for key in required:
             if key not in body:
                 return _error_response(provider, 400, None, f"{key}: Field required")
+        if isinstance(body, dict) and body.get("tools") is not None and not isinstance(body["tools"], list):
+            # What a real upstream says (the gateway passes `tools` through unchecked), not a 500.
+            return _error_response(provider, 400, None, "tools: Input should be a valid list")
 
         if scen is not None and scen.hang:
             return await _hang(state, request)

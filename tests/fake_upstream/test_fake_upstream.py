@@ -243,6 +243,21 @@ async def test_missing_bearer_is_401_in_openai_format(fake_upstream):
     assert err["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "headers"),
+    [
+        ("/v1/chat/completions", {"model": "m", "messages": CHAT, "tools": True}, BEARER),
+        ("/v1/messages", {"model": CLAUDE, "max_tokens": 5, "messages": CHAT, "tools": 1.5}, ANTHROPIC_HEADERS),
+    ],
+)
+async def test_tools_that_are_no_list_are_a_400_not_a_crash(fake_upstream, path, body, headers):
+    # the gateway passes `tools` through unchecked: a real upstream refuses it (the /v1 fuzz
+    # found the fake answering 500, which the gateway then reported as the upstream failing)
+    status, _, raw = await post(fake_upstream.url + path, body, headers)
+    assert status == 400
+    assert "tools" in raw.decode()
+
+
 def test_scenario_api_key(fake_upstream):
     fake_upstream.script(api_key="right")
     with pytest.raises(openai.AuthenticationError):

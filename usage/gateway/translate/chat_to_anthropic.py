@@ -203,11 +203,12 @@ def _blocks(content: Any, parts: dict[str, PartConverter], param: str) -> list[d
         part_param = f"{param}[{j}]"
         if not isinstance(part, dict):
             raise _invalid(f"{part_param} must be an object.", part_param)
-        convert = parts.get(part.get("type"))  # type: ignore[arg-type]
+        kind = part.get("type")
+        # A type of any JSON type can come in ([...] is no dict key: a TypeError, then a 500).
+        convert = parts.get(kind) if isinstance(kind, str) else None
         if convert is None:
             raise _invalid(
-                f"{part_param}.type {part.get('type')!r} is not supported for this model here "
-                f"(supported: {', '.join(parts)}).",
+                f"{part_param}.type {kind!r} is not supported for this model here (supported: {', '.join(parts)}).",
                 f"{part_param}.type",
             )
         block = convert(part, part_param)
@@ -302,7 +303,7 @@ def _messages(messages: Any) -> tuple[list[dict], list[dict]]:
         role = message.get("role")
         if role == "function":
             raise _invalid("The legacy `function` role is not supported; use `tool` messages.", f"{param}.role")
-        convert = ROLES.get(role)  # type: ignore[arg-type]
+        convert = ROLES.get(role) if isinstance(role, str) else None  # a list is no dict key
         if convert is None:
             raise _invalid(f"{param}.role {role!r} is not a valid role.", f"{param}.role")
         anthropic_role, blocks = convert(message, param)
@@ -390,7 +391,7 @@ def _thinking(body: dict, max_tokens: int) -> dict | None:
     effort = body.get("reasoning_effort")
     if effort is None:
         return None
-    if effort not in THINKING_BUDGET:
+    if not isinstance(effort, str) or effort not in THINKING_BUDGET:
         raise _invalid(f"`reasoning_effort` must be one of {', '.join(THINKING_BUDGET)}.", "reasoning_effort")
     budget = THINKING_BUDGET[effort]
     if budget is None:

@@ -310,7 +310,8 @@ def _effort(thinking_value: object, output_config: dict) -> str | None:
         elif kind != "disabled":
             raise InvalidRequest("`thinking.type` must be 'enabled', 'adaptive' or 'disabled'.", param="thinking.type")
     if output_config.get("effort") is not None:  # the client's explicit effort wins over a budget
-        effort = EFFORT.get(output_config["effort"])
+        requested = output_config["effort"]
+        effort = EFFORT.get(requested) if isinstance(requested, str) else None  # a list is no dict key
         if effort is None:
             raise InvalidRequest(
                 f"`output_config.effort` must be one of {sorted(EFFORT)}.", param="output_config.effort"
