@@ -35,26 +35,39 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httptools
 from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGIReceiveEvent, ASGISendCallable, Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from openbili.core.errors import InvalidRequest
+from usage.gateway.errors import anthropic_error_body, openai_error_body
 
 MAX_HEADER_BYTES = int(os.environ.get("OPENBILI_MAX_HEADER_BYTES", str(64 * 1024)))
 
 log = logging.getLogger("openbili.http")
 
 
-def refusal(status: int, reason: str, code: str, message: str, *, request_id: str | None = None) -> bytes:
-    """A complete HTTP response in the OpenAI error format, with a request id of its own."""
+def refusal(
+    status: int, reason: str, code: str, message: str, *, request_id: str | None = None, path: bytes = b""
+) -> bytes:
+    """A complete HTTP response in the error format of the surface the path names (Anthropic's
+    under /v1/messages, else OpenAI's), with ids of its own."""
     request_id = request_id or "req_" + uuid.uuid4().hex
-    error = {"message": message, "type": "invalid_request_error", "code": code, "param": None}
-    body = json.dumps({"error": error | {"request_id": request_id, "trace_id": None}}).encode()
+    trace_id = "trace_" + secrets.token_hex(16)
+    error = InvalidRequest(message, code=code, status=status)
+    ids = f"x-request-id: {request_id}\r\nx-trace-id: {trace_id}\r\n"
+    if path.startswith(b"/v1/messages"):
+        body = json.dumps(anthropic_error_body(error, request_id=request_id, trace_id=trace_id)).encode()
+        ids += f"request-id: {request_id}\r\n"
+    else:
+        body = json.dumps(openai_error_body(error, request_id=request_id, trace_id=trace_id)).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-        f"x-request-id: {request_id}\r\nconnection: close\r\n\r\n"
+        f"{ids}connection: close\r\n\r\n"
     )
     return head.encode() + body
 
@@ -68,9 +81,10 @@ class Refusal:
     code: str
     message: str
     request_id: str = field(default_factory=lambda: "req_" + uuid.uuid4().hex)
+    path: bytes = b""  # the request's target, when the parser got that far: it picks the error format
 
     def encode(self) -> bytes:
-        return refusal(self.status, self.reason, self.code, self.message, request_id=self.request_id)
+        return refusal(self.status, self.reason, self.code, self.message, request_id=self.request_id, path=self.path)
 
 
 def bad_request(message: str) -> Refusal:
@@ -213,6 +227,9 @@ class HttpProtocol(HttpToolsProtocol):
 
     def _refuse(self, refusal: Refusal) -> None:
         """The request being read is refused; nothing more is read on this connection."""
+        url = getattr(self, "url", b"")  # (uvicorn sets it when a message begins)
+        if not refusal.path and url:
+            refusal = replace(refusal, path=url)
         self._stopped = True
         self.flow.pause_reading()
         cycle, self._parsing = self._parsing, None

@@ -258,11 +258,23 @@ def rows_besides_a_probe(gateway) -> list[UsageRecord]:
     return list(rows.exclude(request_id=probe.headers["x-request-id"]).order_by("started_at"))
 
 
+PROTOCOL_CODES = {"invalid_http", "headers_too_large", "unsupported_transfer_coding", "http_version_not_supported"}
+
+
+def by_the_protocol(answer: Response) -> bool:
+    """A refusal of openbili.http_protocol (its codes are its own), not an answer of the app."""
+    if answer.status < 400:
+        return False
+    body = json.loads(answer.body)
+    error = body["error"]
+    return error.get("code") in PROTOCOL_CODES
+
+
 def assert_rows_match(gateway, answers: list[Response]) -> None:
     """Exactly one row per answer the app gave, with the status the client read; none for the
     protocol's refusals (they never reached the gateway app, the key was never read)."""
     rows = rows_besides_a_probe(gateway)
-    from_app = [answer for answer in answers if "x-trace-id" in answer.headers]  # (the app's answers only)
+    from_app = [answer for answer in answers if not by_the_protocol(answer)]
     assert [(row.request_id, row.status) for row in rows] == [(a.request_id, a.status) for a in from_app]
     assert not UsageRecord.objects.filter(billing_result="pending", api_key__account=gateway.account).exists()
 
@@ -336,6 +348,18 @@ def test_a_request_refused_after_its_head_never_reaches_the_app(gateway, headers
     assert len(answers) == 1, answers
     assert_refusal(answers[0], status, code)
     assert_rows_match(gateway, answers)  # no row: the request never reached the gateway app
+
+
+def test_a_refusal_on_the_messages_surface_is_in_anthropic_format_with_both_ids(gateway):
+    with Connection(gateway.url) as conn:
+        conn.send(request(gateway, "POST", "/v1/messages", "Transfer-Encoding: gzip"))
+        answers = conn.responses()
+    (answer,) = answers
+    body = json.loads(answer.body)
+    assert answer.status == 400 and body["type"] == "error"
+    assert (body["error"]["type"], body["error"]["code"]) == ("invalid_request_error", "invalid_http")
+    assert body["request_id"] == answer.headers["request-id"] == answer.headers["x-request-id"]
+    assert body["trace_id"] == answer.headers["x-trace-id"] and body["trace_id"].startswith("trace_")
 
 
 def test_a_refused_post_never_reaches_the_app(gateway):
