@@ -56,3 +56,13 @@ def test_messages_on_an_openai_route_with_an_array_effort_is_400(claude, effort)
     assert "output_config.effort" in data["error"]["message"]
     rejected(claude, request_id, 400, "invalid_request", "invalid_request")
     assert claude.upstream.requests == []
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json(gateway, constant):
+    """Python's parser takes them; JSON does not, and the body would be forwarded with them."""
+    body = '{"model":"gpt-5","messages":[{"role":"user","content":"Hi"}],"temperature":' + constant + "}"
+    response = gateway.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+    request_id = assert_error_body(response, status=400, code="invalid_json")
+    rejected(gateway, request_id, 400, "invalid_request", "invalid_json")
+    assert gateway.upstream.requests == []  # nothing forwarded

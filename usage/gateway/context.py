@@ -227,10 +227,18 @@ async def authenticate(state: GatewayState, ctx: Ctx) -> KeyInfo:
     return key
 
 
-async def read_body(ctx: Ctx, receive) -> bytes:
+def declared_length(ctx: Ctx) -> int | None:
+    """The body's Content-Length (None: chunked, or no body). The HTTP parser enforces it."""
     declared = ctx.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise RequestTooLarge(f"The request body exceeds {MAX_BODY_BYTES} bytes.")
+    return int(declared) if declared is not None and declared.isdigit() else None
+
+
+async def read_body(ctx: Ctx, receive, limit: int | None = None) -> bytes:
+    """The whole body, at most `limit` bytes (None: OPENBILI_MAX_BODY_BYTES), else 413."""
+    limit = limit or MAX_BODY_BYTES
+    declared = declared_length(ctx)
+    if declared is not None and declared > limit:
+        raise RequestTooLarge(f"The request body exceeds {limit} bytes.")
     chunks = []
     size = 0
     while True:
@@ -243,8 +251,8 @@ async def read_body(ctx: Ctx, receive) -> bytes:
             raise ClientGone()
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise RequestTooLarge(f"The request body exceeds {MAX_BODY_BYTES} bytes.")
+        if size > limit:
+            raise RequestTooLarge(f"The request body exceeds {limit} bytes.")
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
@@ -258,11 +266,70 @@ class ClientGone(Exception):
 # levels the parser still succeeds but re-encoding the body for the upstream (json.dumps)
 # recurses too deep, after the reserve: such a body is refused before anything is held.
 MAX_JSON_DEPTH = int(os.environ.get("OPENBILI_MAX_JSON_DEPTH", "128"))
+# More JSON values (array items, object members, the root) than any real request carries: a
+# long agent session is a few tens of thousands (its messages, content blocks and tool schemas);
+# the tokens a model can read bound them too, since each value costs at least a token. Parsing
+# costs per value, not per byte: 32 MiB of `{},{},…` is 11 million dicts, ~0.9 GB and seconds
+# of event loop; 200,000 values cost at most ~30 MB and ~0.1 s to build, whatever their shape.
+MAX_JSON_VALUES = int(os.environ.get("OPENBILI_MAX_JSON_VALUES", "200000"))
+# What json_values_over keeps of a body: the quotes, and the bytes that start a value outside one.
+_NOT_VALUE_MARKS = bytes(sorted(set(range(256)) - set(b'",[{')))
+_SCAN_CHUNK = 1 << 20
+
+
+def json_values_over(body: bytes, limit: int) -> bool:
+    """Whether json.loads would build more than `limit` values from `body`, told before it builds
+    any, by C-speed passes over the bytes (tens of milliseconds for 32 MiB of text or base64, a
+    millisecond or two for a body of countless values: the count stops at the first MiB over the
+    limit).
+
+    Every value but the root starts after a `,`, `[` or `{` outside a string, so these count it
+    from above; a prefix that json.loads parses before failing is valid JSON, counted the same. In
+    UTF-8 no byte of a multi-byte character is ASCII, so the bytes scanned are the characters.
+    """
+    encoding = json.detect_encoding(body)
+    if not encoding.startswith("utf-8"):  # JSON in UTF-16 or UTF-32: scan it as UTF-8
+        try:
+            body = body.decode(encoding, "surrogatepass").encode("utf-8", "surrogatepass")
+        except UnicodeError:
+            return False  # json.loads fails on decoding it too, before it builds anything
+    outside, in_string, start = 0, 0, 0
+    while start < len(body):  # a MiB at a time: few pieces alive at once, and an early answer
+        end = start + _SCAN_CHUNK
+        while end < len(body) and body[end - 1] == 0x5C:  # never between a backslash and what it escapes
+            end += 1
+        chunk, start = body[start:end], end
+        if b"\\" in chunk:
+            # Escapes go first, pair by pair from the left as the parser reads them (so that `\\"`
+            # ends a string and `\"` does not).
+            chunk = chunk.replace(b"\\\\", b"").replace(b'\\"', b"")
+        # Of the rest only quotes and value marks are kept, adjacent quotes dropped two at a time
+        # (every byte stays inside or outside a string as it was). No two quotes are then left
+        # adjacent, so a mark outside a string lies between any two strings: the pieces split
+        # are about twice the values counted.
+        pieces = chunk.translate(None, _NOT_VALUE_MARKS).replace(b'""', b"").split(b'"')
+        outside += sum(map(len, pieces[in_string::2]))  # pieces alternate outside, inside, outside…
+        in_string ^= (len(pieces) - 1) & 1
+        if outside >= limit:  # the root plus `outside` values: more than `limit`
+            return True
+    return False
+
+
+def _not_json(constant: str) -> None:
+    """NaN and ±Infinity: Python's parser takes them, JSON does not, and an upstream would refuse
+    the body we forward (or worse, read it differently)."""
+    raise ValueError(f"{constant} is not JSON")
 
 
 def parse_json_object(body: bytes) -> dict:
+    # On the event loop, deliberately: the C parser never lets go of the GIL, so a worker thread
+    # stalls the loop just as long, unless an object hook hands the interpreter back after each
+    # object, which made matters worse (body.py has the figures). Bounding the work is the fix.
+    # Counting is free below `MAX_JSON_VALUES` bytes: a value takes at least a byte.
+    if len(body) >= MAX_JSON_VALUES and json_values_over(body, MAX_JSON_VALUES):
+        raise InvalidRequest(f"The request body holds more than {MAX_JSON_VALUES} JSON values.", code="invalid_json")
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from exc
     if not isinstance(data, dict):

@@ -41,6 +41,7 @@ from openbili.core.errors import (
     UpstreamUnavailable,
 )
 from usage.gateway import sql
+from usage.gateway.body import read_request
 from usage.gateway.content_coding import decoder_for
 from usage.gateway.context import (
     JSON,
@@ -52,7 +53,6 @@ from usage.gateway.context import (
     execute,
     now_utc,
     parse_json_object,
-    read_body,
     resolve_model,
     send_error,
     write_rejection,
@@ -151,7 +151,7 @@ async def reject(state: GatewayState, ctx: Ctx, endpoint: Endpoint, send, error:
 
 async def admit(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receive, send) -> Call:
     key = await authenticate(state, ctx)
-    raw = await read_body(ctx, receive)
+    raw = await read_request(state, ctx, endpoint, receive, estimate_tokens)
     row = ctx.new_row()
     body = parse_json_object(raw)
     parsed = endpoint.validate(body)
@@ -714,7 +714,7 @@ async def count_tokens(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receiv
     every request with a known key it gets its usage row and counts against the key's RPM."""
     try:
         key = await authenticate(state, ctx)
-        raw = await read_body(ctx, receive)
+        raw = await read_request(state, ctx, endpoint, receive, estimate_tokens)
         row = ctx.new_row()
         body = parse_json_object(raw)
         parsed = endpoint.validate(body)

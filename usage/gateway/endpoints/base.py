@@ -70,6 +70,12 @@ class Endpoint:
     fmt: str = ""  # the client wire format: "chat" | "messages"
     path: str = ""
     terminator: bytes = b""  # the stream's last event, sent once the bill is settled
+    # The largest body this endpoint reads (413 beyond); None: OPENBILI_MAX_BODY_BYTES, 32 MiB by
+    # default. Anthropic takes 32 MB on Messages and on token counting alike (Claude Code counts
+    # the very conversation it then sends); OpenAI's chat takes up to 50 MB of images, held here
+    # to the same bound so that one request's worst case is one figure for the whole process. The
+    # three JSON endpoints keep the default; one that takes files (audio, batches) sets its own.
+    max_body_bytes: int | None = None
 
     def validate(self, body: dict) -> Parsed:
         raise NotImplementedError
