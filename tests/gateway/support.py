@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 from billing import money, selectors
 from billing.models import Account, Hold, PriceSnapshot
@@ -149,3 +151,18 @@ def sse_events(raw: bytes) -> list[tuple[str, bytes]]:
         if name or data:
             events.append((name, b"\n".join(data)))
     return events
+
+
+def raw_exchange(url: str, head: str, body: bytes = b"") -> tuple[bytes, dict]:
+    """Send a request head (and maybe part of a body) on a socket; the answer's status line and JSON."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=20) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode() + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    status_and_headers, _, payload = answer.partition(b"\r\n\r\n")
+    return status_and_headers.split(b"\r\n")[0], json.loads(payload)

@@ -4,14 +4,13 @@ gone before its body arrived)."""
 
 from __future__ import annotations
 
-import json
 import socket
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.gateway.support import assert_error_body, assert_ids, rejected, wait_until
+from tests.gateway.support import assert_error_body, assert_ids, raw_exchange, rejected, wait_until
 from usage.models import UsageRecord
 
 
@@ -73,21 +72,14 @@ def test_a_client_that_stops_sending_its_body_gets_408_and_its_row(gateway, monk
     monkeypatch.setattr(usage.gateway.context, "BODY_IDLE_SECONDS", 0.5)
     parts = urlsplit(gateway.url)
     head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {gateway.secret}\r\n"
-        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
-    ).encode()
-    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-        sock.sendall(head + b'{"model"')  # ... and nothing more, the connection left open
-        answer = b""
-        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
-            data = sock.recv(65536)
-            if not data:
-                break
-            answer += data
+        f"POST /v1/chat/completions HTTP/1.1\nHost: {parts.netloc}\nAuthorization: Bearer {gateway.secret}\n"
+        "Content-Type: application/json\nContent-Length: 100\n\n"
+    )
+    # ... and only 8 bytes of its body, the connection left open
+    status, answer = raw_exchange(gateway.url, head, b'{"model"')
     # then the gateway answered by itself: 408, in the endpoint's format, with the request's id
-    head_part, _, body = answer.partition(b"\r\n\r\n")
-    assert head_part.startswith(b"HTTP/1.1 408"), answer[:300]
-    error = json.loads(body)["error"]
+    assert status.startswith(b"HTTP/1.1 408"), status
+    error = answer["error"]
     assert error["code"] == "request_timeout"
     row = gateway.row(error["request_id"])
     assert (row.billing_result, row.status, row.error_code) == ("not_billed", 408, "request_timeout")

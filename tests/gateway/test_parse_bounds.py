@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,15 @@ import pytest
 import usage.gateway.body
 from billing import money, services
 from tests.factories import AccountFactory
-from tests.gateway.support import MSG, assert_error_body, assert_ids, assert_outcome, cost_of, rejected
+from tests.gateway.support import (
+    MSG,
+    assert_error_body,
+    assert_ids,
+    assert_outcome,
+    cost_of,
+    raw_exchange,
+    rejected,
+)
 from usage.gateway.context import json_values_over
 from usage.gateway.endpoints import chat
 from usage.models import UsageRecord
@@ -68,21 +75,6 @@ def poor_key(credit: Decimal = Decimal(0)) -> tuple[int, str]:
     account = AccountFactory(credit=credit)
     _, secret = services.key_create(account=account, name="poor")
     return account.pk, secret
-
-
-def raw_exchange(url: str, head: str, body: bytes = b"") -> tuple[bytes, dict]:
-    """Send a request head (and maybe part of a body) on a socket; the answer's status line and JSON."""
-    parts = urlsplit(url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=20) as sock:
-        sock.sendall(head.replace("\n", "\r\n").encode() + body)
-        answer = b""
-        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
-            data = sock.recv(65536)
-            if not data:
-                break
-            answer += data
-    status_and_headers, _, payload = answer.partition(b"\r\n\r\n")
-    return status_and_headers.split(b"\r\n")[0], json.loads(payload)
 
 
 # --- the number of values --------------------------------------------------------------------------
