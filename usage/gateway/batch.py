@@ -25,6 +25,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from usage.gateway import sql
@@ -32,6 +33,9 @@ from usage.gateway import sql
 log = logging.getLogger("openbili.gateway")
 
 MAX_BATCH = 64
+
+# Errors that mean "the database is not there right now", as opposed to a bad statement or row.
+UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError)
 
 Run = Callable[[list[dict]], Awaitable[list[Any]]]
 
@@ -116,6 +120,8 @@ class Batcher:
             return await self.run(items)
         try:
             return await self.run(items)
+        except UNREACHABLE:
+            raise  # one by one would only wait for the database that many times over
         except Exception:
             log.warning("%s batch of %d failed; retrying its requests one by one", self.name, len(items))
         results = []

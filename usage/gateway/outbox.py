@@ -32,16 +32,13 @@ import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
 from usage.gateway import sql
-from usage.gateway.batch import json_value
+from usage.gateway.batch import UNREACHABLE, json_value
 
 log = logging.getLogger("openbili.gateway")
 
 KEY = "openbili-outbox"
 DEAD_KEY = "openbili-outbox-dead"  # items the database refused for good (an operator looks at them)
 BATCH = 100
-
-# Errors that mean "the database is not there right now", as opposed to a bad statement.
-UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 def document(kind: str, params: dict) -> str:

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import InterfaceError as DjangoInterfaceError
 from django.db import OperationalError as DjangoOperationalError
 from django.db import close_old_connections, connections
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolClosed
 
 from billing import keys as key_format
 from billing.money import Prices
@@ -294,18 +294,30 @@ class GatewayState:
         return self.db_down_since is None
 
     async def on_db(self, run, items):
-        """`run(pool, items)` on the current pool, noting a database that went away."""
-        assert self.pool is not None
+        """`run(pool, items)` on the current pool, noting a database that went away; at once 503
+        while it is away (statements queued behind the one that found out do not wait for it)."""
+        if not self.db_ok:
+            raise PlatformUnavailable()
+        pool = self.pool
+        assert pool is not None
         try:
-            return await run(self.pool, items)
+            return await run(pool, items)
+        except PoolClosed:
+            if pool is self.pool:
+                raise
         except UNREACHABLE as exc:
-            self.db_failed(exc)
+            self.db_failed(exc, pool)
             raise
+        # The pool was replaced (the database came back) before this statement got a connection
+        # of the old one: nothing was sent, so it goes to the new one.
+        assert self.pool is not None
+        return await run(self.pool, items)
 
-    def db_failed(self, exc: BaseException) -> None:
+    def db_failed(self, exc: BaseException, pool: AsyncConnectionPool | None = None) -> None:
         """A statement found the database unreachable: until a fresh connection succeeds, requests
-        are answered 503 at once (lifecycle.admit) and their writes go to the outbox."""
-        if self.db_down_since is not None:
+        are answered 503 at once (lifecycle.admit) and their writes go to the outbox. A statement
+        of a pool already replaced says nothing about the database now."""
+        if self.db_down_since is not None or (pool is not None and pool is not self.pool):
             return
         self.db_down_since = time.monotonic()
         log.error("database unreachable (%s): answering 503 until it returns", type(exc).__name__)
@@ -340,12 +352,13 @@ class GatewayState:
         """A finished usage row (a request refused, or answered without a hold): now, or through
         the outbox while the database is away."""
         if self.db_ok and self.pool is not None:
+            pool = self.pool
             try:
-                async with self.pool.connection() as conn:
+                async with pool.connection() as conn:
                     await conn.execute(sql.INSERT_USAGE, row)
                 return
             except UNREACHABLE as exc:
-                self.db_failed(exc)
+                self.db_failed(exc, pool)
         await self.defer("row", row)
 
     async def defer(self, kind: str, params: dict) -> None:
@@ -365,12 +378,13 @@ class GatewayState:
             self.outbox_wake.clear()
             if not self.db_ok or self.pool is None:
                 continue
+            pool = self.pool
             try:
-                await self.outbox.drain(self.pool)
+                await self.outbox.drain(pool)
             except asyncio.CancelledError:
                 raise
             except UNREACHABLE as exc:
-                self.db_failed(exc)
+                self.db_failed(exc, pool)
             except Exception:
                 log.exception("outbox drain failed; retrying in %.0f s", OUTBOX_POLL_SECONDS)
 
