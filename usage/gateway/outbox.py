@@ -93,11 +93,14 @@ class Outbox:
             landed += 1
         if self.redis is None:
             return landed
-        while docs := await self.redis.lrange(KEY, 0, BATCH - 1):
-            for doc in map(text, docs):
-                await self._apply(pool, doc)
-                await self.redis.lrem(KEY, 1, doc)
-                landed += 1
+        try:
+            while docs := await self.redis.lrange(KEY, 0, BATCH - 1):
+                for doc in map(text, docs):
+                    await self._apply(pool, doc)
+                    await self.redis.lrem(KEY, 1, doc)
+                    landed += 1
+        except (redis.RedisError, OSError):
+            pass  # Redis is away (the rate limiter says so in the log): its items wait for it
         if landed:
             log.warning("outbox: %d deferred write(s) landed", landed)
         return landed

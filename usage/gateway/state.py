@@ -274,8 +274,9 @@ class GatewayState:
             if batcher:
                 await batcher.drain()
         if self.outbox:
-            with contextlib.suppress(Exception):
-                await self.outbox.drain(self.pool) if self.pool and self.db_ok else None
+            if self.pool is not None and self.db_ok:
+                with contextlib.suppress(Exception):  # what does not land now waits in Redis
+                    await self.outbox.drain(self.pool)
             if self.outbox.memory:
                 log.error("%d deferred write(s) lost at shutdown: the database stayed away", len(self.outbox.memory))
             await self.outbox.close()
