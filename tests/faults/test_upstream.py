@@ -47,9 +47,9 @@ def attempts(row: dict) -> list:
 
 
 def documented_5xx(surface: str, status: int) -> tuple[int, str]:
-    """What a client is told after an upstream 5xx on its route (README's error table): the OpenAI
-    provider calls every 5xx an upstream error; the Anthropic one tells overload (503, 529) apart."""
-    if surface == "messages" and status in (503, 529):
+    """What a client is told after an upstream 5xx on its route (README's error table): overload
+    (503; Anthropic's 529 too) is upstream_unavailable, any other 5xx an upstream error."""
+    if status == 503 or (surface == "messages" and status == 529):
         return 503, "upstream_unavailable"
     return 502, "upstream_error"
 

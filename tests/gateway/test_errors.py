@@ -360,7 +360,8 @@ def test_upstream_503_then_success_is_retried_and_billed(gateway):
     row = assert_outcome(
         gateway, request_id, billing_result="billed", status=200, cost=cost_of(input_tokens=10, output_tokens=8)
     )
-    assert [(a["attempt"], a["status"], a["error"]) for a in row.attempts] == [(1, 503, "upstream_error"), (2, 200, "")]
+    attempts = [(a["attempt"], a["status"], a["error"]) for a in row.attempts]
+    assert attempts == [(1, 503, "upstream_unavailable"), (2, 200, "")]
     assert len(gateway.upstream.requests) == 2
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from billing.money import TokenUsage
-from openbili.core.errors import InvalidRequest, RateLimited, RequestTooLarge, UpstreamError
+from openbili.core.errors import InvalidRequest, RateLimited, RequestTooLarge, UpstreamError, UpstreamUnavailable
 from usage.gateway.providers.openai import OpenAIProvider, OpenAIReader, usage_from_openai
 from usage.gateway.state import RouteInfo
 
@@ -161,7 +161,7 @@ def test_an_error_event_stops_the_stream_and_is_not_forwarded():
         (429, {"Retry-After": "2.5"}, RateLimited, "upstream_rate_limited", False),
         (401, {}, UpstreamError, "upstream_error", False),  # the route's key: not the customer's fault
         (500, {}, UpstreamError, "upstream_error", True),
-        (503, {}, UpstreamError, "upstream_error", True),
+        (503, {}, UpstreamUnavailable, "upstream_unavailable", True),  # OpenAI's "overloaded"
     ],
 )
 def test_failures_map_to_the_contract(status, headers, error_class, code, retryable):

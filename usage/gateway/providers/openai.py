@@ -6,7 +6,14 @@ from __future__ import annotations
 import json
 
 from billing.money import TokenUsage
-from openbili.core.errors import InvalidRequest, OpenbiliError, RateLimited, RequestTooLarge, UpstreamError
+from openbili.core.errors import (
+    InvalidRequest,
+    OpenbiliError,
+    RateLimited,
+    RequestTooLarge,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from usage.gateway.errors import retry_after_seconds
 from usage.gateway.providers.base import Event, Provider, Reply, StreamReader, UpstreamCall, UpstreamFailure
 
@@ -148,6 +155,8 @@ class OpenAIProvider(Provider):
             error = RequestTooLarge(message or None)
         elif status in (400, 422):
             error = InvalidRequest(message or "The upstream provider rejected the request.")
+        elif status == 503:  # OpenAI's "overloaded" / "slow down": the provider's capacity, as Anthropic's 529
+            error = UpstreamUnavailable(f"The upstream provider is overloaded or unavailable (HTTP {status}).")
         elif status >= 500:
             error = UpstreamError(f"The upstream provider failed (HTTP {status}).")
         else:
