@@ -1512,14 +1512,22 @@ def _make_handler(state: UpstreamState):
         if kind == "models":
             return _models(request, provider)
         if kind == "model":
-            model_id = path.rsplit("/", 1)[-1]
-            return _json_response({"id": model_id, "object": "model", "created": 1700000000, "owned_by": "fake"})
+            return _json_response(_model(path.rsplit("/", 1)[-1], provider))
         call = _Call(state, request, provider, body, model, scen)
         if gemini_model is not None:
             return await _gemini(call, stream=(kind == "gemini_stream"))
         return await _GENERATORS[kind][1](call)
 
     return handle
+
+
+def _model(model_id: str, provider: str) -> dict[str, Any]:
+    """One model, in the shape of the provider's own retrieve-model call."""
+    if provider == "anthropic":  # GET /v1/models/{model_id}
+        return {"type": "model", "id": model_id, "display_name": model_id, "created_at": "2025-05-14T00:00:00Z"}
+    if provider == "gemini":  # GET /v1beta/models/{model}
+        return {"name": f"models/{model_id}", "displayName": model_id, "inputTokenLimit": 1048576}
+    return {"id": model_id, "object": "model", "created": 1700000000, "owned_by": "fake"}
 
 
 def _default_error_usage(provider: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from billing import services
 from billing.models import Account, Hold, LedgerEntry, Probe, Route
 from tests.factories import CatalogModelFactory, make_visible_model
 from tests.gateway.support import MSG, assert_ledger, assert_sdk_error, cost_of
+from tests.gateway_fixtures import CLAUDE
 from usage import services as usage_services
 from usage.models import UsageRecord
 
@@ -126,6 +127,22 @@ def test_probe_records_ok_and_a_failed_probe_hides_the_model(gateway):
     usage_services.routes_probe(model="gpt-5")
     gateway.refresh()
     assert sorted(model.id for model in client.models.list().data) == ["gpt-4.1", "gpt-5"]
+
+
+def test_a_claude_route_is_probed_for_free_and_a_failing_one_hides_its_model(claude):
+    # when the probes run: Anthropic's Models API, no message generated (issue 10, Deliver 5)
+    claude.upstream.reset()
+    [(_, ok)] = usage_services.routes_probe(model=CLAUDE)
+    assert ok is True
+    [probe_request] = claude.upstream.requests
+    assert (probe_request["method"], probe_request["path"]) == ("GET", "/v1/models/claude-up")
+    assert probe_request["headers"]["x-api-key"] == "upstream-test-secret"
+    # when the route's key is refused (401), the model is hidden
+    claude.upstream.script(status=401, path="/v1/models/claude-up")
+    [(_, ok)] = usage_services.routes_probe(model=CLAUDE)
+    assert ok is False
+    claude.refresh()
+    assert CLAUDE not in [model.id for model in claude.openai().models.list().data]
 
 
 def test_probe_of_an_unreachable_upstream_fails_without_secrets(gateway):

@@ -517,17 +517,13 @@ def test_the_body_gets_the_upstream_model_and_a_stream_flag_that_matches_the_cal
     assert "stream" not in json.loads(PROVIDER.call(body, route=route(), stream=False, client_headers={}).body or b"")
 
 
-def test_probe_call_is_one_token_of_ping():
+def test_probe_call_is_the_free_models_api():
+    # docs.anthropic.com/en/api/models: GET /v1/models/{model_id}, the key and the version headers
     call = PROVIDER.probe_call(
         kind="chat", upstream_model="claude-x", base_url="https://api.anthropic.com/v1", secret=SECRET
     )
-    assert call.url == "https://api.anthropic.com/v1/messages"
-    assert call.headers == {"content-type": "application/json", "anthropic-version": "2023-06-01", "x-api-key": SECRET}
-    assert json.loads(call.body or b"") == {
-        "model": "claude-x",
-        "max_tokens": 1,
-        "messages": [{"role": "user", "content": "ping"}],
-    }
+    assert (call.method, call.url, call.body) == ("GET", "https://api.anthropic.com/v1/models/claude-x", None)
+    assert call.headers == {"anthropic-version": "2023-06-01", "x-api-key": SECRET}
 
 
 def test_count_tokens_call():
@@ -843,8 +839,9 @@ def test_fake_wrong_key_is_a_refused_platform_request(upstream):
 def test_fake_probe_and_count_tokens(upstream):
     fake, client = upstream
     probe = PROVIDER.probe_call(kind="chat", upstream_model="claude-x", base_url=fake.url, secret=SECRET)
-    reply = PROVIDER.reply(send(client, probe).content)
-    assert reply.usage == TokenUsage(input_tokens=1, output_tokens=1)
+    answer = send(client, probe)
+    assert answer.status_code == 200 and answer.json()["type"] == "model" and answer.json()["id"] == "claude-x"
+    assert (fake.last_request["method"], fake.last_request["path"]) == ("GET", "/v1/models/claude-x")
 
     count = PROVIDER.count_tokens_call(dict(PROMPT), route=route(fake.url), client_headers={})
     assert count is not None

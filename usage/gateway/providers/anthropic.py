@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
+from urllib.parse import quote
 
 from billing.money import TokenUsage
 from openbili.core.errors import (
@@ -349,8 +350,11 @@ class AnthropicProvider(Provider):
         return UpstreamFailure(error=error, usage=usage, retryable=retryable)
 
     def probe_call(self, *, kind: str, upstream_model: str, base_url: str, secret: str) -> UpstreamCall:
-        body = {"model": upstream_model, "max_tokens": 1, "messages": [{"role": "user", "content": "ping"}]}
-        return UpstreamCall("POST", _api_root(base_url) + "/messages", _headers(secret, {}), _encode(body))
+        # The Models API (GET /v1/models/{model_id}) costs nothing and proves what a probe must:
+        # the key is accepted and the model exists for it. A one-token message cost a real request
+        # per route every probe interval.
+        headers = {name: value for name, value in _headers(secret, {}).items() if name != "content-type"}
+        return UpstreamCall("GET", _api_root(base_url) + "/models/" + quote(upstream_model, safe=""), headers)
 
     def count_tokens_call(self, body: dict, *, route, client_headers: Mapping[str, bytes]) -> UpstreamCall | None:
         body["model"] = route.upstream_model
