@@ -71,6 +71,13 @@ class RequestTimeout(InvalidRequest):
     message = "The request body did not arrive in time."
 
 
+class ModelNotSupported(InvalidRequest):
+    """The model exists and is visible, but none of its routes answers this endpoint's format."""
+
+    code = "model_not_supported_for_endpoint"
+    message = "This model is not served on this endpoint; GET /v1/models lists the endpoints of each model."
+
+
 class InvalidApiKey(OpenbiliError):
     status = 401
     code = "invalid_api_key"

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import openai
 import pytest
 
 from billing import services
 from billing.models import CatalogModel
 from tests.factories import CatalogModelFactory, ProbeFactory, RouteFactory, make_visible_model
-from tests.gateway.support import assert_error_body, assert_ids, assert_no_row, assert_outcome, assert_sdk_error
+from tests.gateway.support import (
+    assert_error_body,
+    assert_ids,
+    assert_no_row,
+    assert_outcome,
+    assert_sdk_error,
+    rejected,
+)
+from tests.gateway_fixtures import CLAUDE
 
 
 @pytest.fixture
@@ -117,3 +127,55 @@ def test_retrieve_with_a_very_long_id_is_a_404_with_its_row(catalog):
         error_code="model_not_found",
     )
     assert len(row.endpoint) == 64 and len(row.model_requested) == 100
+
+
+# --- which model serves which endpoint (issue 10, Deliver 4) --------------------------------------
+
+
+def test_the_list_says_what_each_model_serves_costs_and_holds(claude):
+    # given gpt-5 on an OpenAI route (fixture prices), Claude on an Anthropic route, an image model
+    make_visible_model(
+        CatalogModelFactory(name="gpt-image-2", kind="image", owned_by="openai", context_window=0, max_output_tokens=0),
+        base_url=claude.upstream.url + "/v1",
+        prices={"per_image": Decimal("0.04")},
+    )
+    claude.refresh()
+    # when the customer lists models with the SDK
+    page = claude.openai().models.list()
+    models = {model.id: model.model_extra for model in page.data}
+    # then each carries its entry points, limits, modalities and exact USD prices, beside OpenAI's fields
+    gpt5 = models["gpt-5"]
+    assert gpt5["endpoints"] == ["/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens"]
+    assert (gpt5["context_window"], gpt5["max_output_tokens"]) == (400_000, 128_000)
+    assert (gpt5["input_modalities"], gpt5["output_modalities"]) == (["text", "image"], ["text"])
+    assert gpt5["pricing"] == {
+        "currency": "USD",
+        "input_per_mtok": "1.25",
+        "cached_input_per_mtok": "0.125",
+        "cache_write_per_mtok": "0",
+        "output_per_mtok": "10",
+        "per_image": "0",
+        "per_request": "0",
+    }
+    assert models[CLAUDE]["endpoints"] == gpt5["endpoints"]  # Messages passes through, chat is translated
+    assert models[CLAUDE]["pricing"]["cache_write_per_mtok"] == "3.75"
+    image = models["gpt-image-2"]
+    assert (image["kind"], image["endpoints"], image["output_modalities"]) == ("image", [], ["image"])
+    assert image["pricing"]["per_image"] == "0.04"
+    # and the one-model call says the same
+    assert claude.openai().models.retrieve(CLAUDE).model_extra["endpoints"] == gpt5["endpoints"]
+
+
+def test_a_model_on_an_endpoint_it_does_not_serve_is_a_400_with_its_row(gateway):
+    make_visible_model(
+        CatalogModelFactory(name="gpt-image-2", kind="image", context_window=0, max_output_tokens=0),
+        base_url=gateway.upstream.url + "/v1",
+        prices={"per_image": Decimal("0.04")},
+    )
+    gateway.refresh()
+    with pytest.raises(openai.BadRequestError) as caught:
+        gateway.openai().chat.completions.create(model="gpt-image-2", messages=[{"role": "user", "content": "Hi"}])
+    request_id = assert_sdk_error(caught.value, status=400, code="model_not_supported_for_endpoint", param="model")
+    assert "/v1/chat/completions" in caught.value.message
+    rejected(gateway, request_id, 400, "invalid_request", "model_not_supported_for_endpoint")
+    assert not gateway.upstream.requests  # nothing was sent, nothing held

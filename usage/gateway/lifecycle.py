@@ -58,6 +58,7 @@ from usage.gateway.context import (
     write_rejection,
 )
 from usage.gateway.endpoints.base import MAX_RECORDED_TOKENS, Endpoint, Parsed
+from usage.gateway.endpoints.served import require_served
 from usage.gateway.outbox import UNREACHABLE, lost_reserve_row
 from usage.gateway.providers import provider_for
 from usage.gateway.providers.base import Provider, StreamReader, UpstreamFailure
@@ -158,6 +159,7 @@ async def admit(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receive, send
     recorded = None if parsed.max_tokens is None else min(parsed.max_tokens, MAX_RECORDED_TOKENS)
     row.update(model_requested=db_text(parsed.model, 100), stream=parsed.stream, max_tokens_requested=recorded)
     model = resolve_model(await state.catalog(), key, parsed.model)
+    require_served(model, endpoint.fmt, endpoint.path)
     price = model.price_at(ctx.started_at)
     if price is None:
         raise ModelNotReady(f"The model '{parsed.model}' has no price yet.", param="model")
@@ -720,6 +722,7 @@ async def count_tokens(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receiv
         parsed = endpoint.validate(body)
         row["model_requested"] = db_text(parsed.model, 100)
         model = resolve_model(await state.catalog(), key, parsed.model)
+        require_served(model, endpoint.fmt, endpoint.path)
         assert state.limiter is not None
         await state.limiter.admit(key)
         out, route, attempts = await _count_upstream(state, ctx, model, body)
