@@ -381,12 +381,11 @@ def test_probe_call_is_a_free_models_get(kind):
     assert probe.body is None
 
 
-def test_not_registered_until_a_client_format_reaches_it():
-    """No translation reaches the Gemini wire format yet, so the provider is not in the registry:
-    a Gemini route keeps failing its probe and its model stays hidden (CONTRACT §4), rather than
-    being listed and answering 503 to every request."""
-    assert provider_for("gemini") is None
-    for fmt in ("chat", "messages", "responses", "images"):
+def test_registered_and_reached_from_chat_only():
+    """Chat completions reach the Gemini wire format through a translation; Messages not yet."""
+    assert isinstance(provider_for("gemini"), GeminiProvider)
+    assert translation_for("chat", GeminiProvider.wire) is not None
+    for fmt in ("messages", "responses", "images"):
         assert translation_for(fmt, GeminiProvider.wire) is None
 
 

@@ -53,16 +53,15 @@ def rejected(body, *, param, says=""):
 
 
 # ------------------------------------------------------------------------------------------------
-# wiring: the Translation is built the way translate._load() builds one
+# wiring: translate._load() registers this module for (chat, gemini)
 # ------------------------------------------------------------------------------------------------
 
 
-def test_the_module_makes_a_translation_the_way_load_does_but_is_not_registered_yet():
-    pair = Translation("chat", "gemini", t.request, t.response, t.Stream)
-
+def test_the_module_is_the_registered_chat_to_gemini_translation():
+    pair = translation_for("chat", "gemini")
+    assert pair == Translation("chat", "gemini", t.request, t.response, t.Stream)
     assert pair.request({"messages": [user("Hi")]}, max_output_tokens=LIMIT)["contents"]
     assert pair.stream(client_wants_usage=False).feed(Event(raw=b": keep-alive\n\n")) == []
-    assert translation_for("chat", "gemini") is None  # wired with the Gemini provider, later
 
 
 # ------------------------------------------------------------------------------------------------

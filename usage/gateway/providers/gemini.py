@@ -1,9 +1,7 @@
 """Gemini API upstreams (generativelanguage.googleapis.com and proxies that speak its wire format):
 native `generateContent` and `streamGenerateContent?alt=sse`, auth `x-goog-api-key`.
 
-Not registered in providers/__init__.py yet: no translation reaches this wire format, and a
-registered provider would make a Gemini route pass its probe and its model visible while every
-request to it is refused. It is registered with the translations (issue 10).
+Chat completions reach it through translate/chat_to_gemini.py; other client formats not yet.
 
 The body is already a Gemini `GenerateContentRequest`; the model is in the URL, not the body.
 Usage (`usageMetadata`) counts cached content INSIDE `promptTokenCount` ("When cachedContent is

@@ -47,10 +47,14 @@ def translation_for(client: str, upstream: str) -> Translation | None:
 
 
 def _load() -> dict[tuple[str, str], Translation]:
-    from usage.gateway.translate import chat_to_anthropic, messages_to_openai
+    from usage.gateway.translate import chat_to_anthropic, chat_to_gemini, messages_to_openai
 
     pairs = {}
-    for module, client, upstream in ((chat_to_anthropic, "chat", "messages"), (messages_to_openai, "messages", "chat")):
+    for module, client, upstream in (
+        (chat_to_anthropic, "chat", "messages"),
+        (messages_to_openai, "messages", "chat"),
+        (chat_to_gemini, "chat", "gemini"),
+    ):
         pairs[client, upstream] = Translation(client, upstream, module.request, module.response, module.Stream)
     return pairs
 
