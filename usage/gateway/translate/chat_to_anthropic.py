@@ -20,6 +20,7 @@ from typing import Any
 
 from openbili.core.errors import InvalidRequest
 from usage.gateway.providers.base import Event
+from usage.gateway.translate.chat_request import function_tool
 
 # Anthropic stop_reason → Chat finish_reason. pause_turn (a server tool paused a long turn) has no
 # Chat counterpart; the turn did end, so "stop". Unknown future reasons also end as "stop".
@@ -331,24 +332,12 @@ def _messages(messages: Any) -> tuple[list[dict], list[dict]]:
 
 
 def _tool_def(tool: Any, param: str) -> dict:
-    if not isinstance(tool, dict):
-        raise _invalid(f"{param} must be an object.", param)
-    if tool.get("type") != "function":
-        raise _invalid(f"{param}.type {tool.get('type')!r} is not supported for this model (only 'function').", param)
-    function = tool.get("function")
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
-        raise _invalid(f"{param}.function.name must be a non-empty string.", f"{param}.function.name")
-    out: dict = {"name": function["name"]}
-    description = function.get("description")
-    if description is not None:
-        if not isinstance(description, str):
-            raise _invalid(f"{param}.function.description must be a string.", f"{param}.function.description")
-        out["description"] = description
-    parameters = function.get("parameters")
-    if parameters is not None and not isinstance(parameters, dict):
-        raise _invalid(f"{param}.function.parameters must be a JSON schema object.", f"{param}.function.parameters")
+    function = function_tool(tool, param)
+    out: dict = {"name": function.name}
+    if function.description is not None:
+        out["description"] = function.description
     # A copy: the upstream body must share nothing with the client's (a retry starts from it).
-    out["input_schema"] = copy.deepcopy(parameters) if parameters is not None else copy.deepcopy(EMPTY_SCHEMA)
+    out["input_schema"] = copy.deepcopy(function.parameters if function.parameters is not None else EMPTY_SCHEMA)
     return out
 
 

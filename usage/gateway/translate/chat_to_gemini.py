@@ -31,6 +31,7 @@ from typing import Any
 from openbili.core.errors import InvalidRequest
 from usage.gateway.providers.base import Event
 from usage.gateway.providers.gemini import usage_from_gemini
+from usage.gateway.translate.chat_request import function_tool
 
 # Gemini FinishReason → Chat finish_reason. A candidate that called a function ends with STOP; it
 # becomes "tool_calls" where the reply is built. MALFORMED_FUNCTION_CALL / UNEXPECTED_TOOL_CALL /
@@ -358,26 +359,14 @@ def _messages(messages: Any) -> tuple[list[dict], list[dict]]:
 
 
 def _declaration(tool: Any, param: str) -> dict:
-    if not isinstance(tool, dict):
-        raise _invalid(f"{param} must be an object.", param)
-    if tool.get("type") != "function":
-        raise _invalid(f"{param}.type {tool.get('type')!r} is not supported for this model (only 'function').", param)
-    function = tool.get("function")
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
-        raise _invalid(f"{param}.function.name must be a non-empty string.", f"{param}.function.name")
-    out: dict = {"name": function["name"]}
-    description = function.get("description")
-    if description is not None:
-        if not isinstance(description, str):
-            raise _invalid(f"{param}.function.description must be a string.", f"{param}.function.description")
-        out["description"] = description
-    parameters = function.get("parameters")
-    if parameters is not None:
-        if not isinstance(parameters, dict):
-            raise _invalid(f"{param}.function.parameters must be a JSON schema object.", f"{param}.function.parameters")
+    function = function_tool(tool, param)
+    out: dict = {"name": function.name}
+    if function.description is not None:
+        out["description"] = function.description
+    if function.parameters is not None:
         # parametersJsonSchema takes JSON Schema as it is (`parameters` takes an OpenAPI subset that
         # would need a lossy conversion). `strict` has no counterpart. A copy: nothing is shared.
-        out["parametersJsonSchema"] = copy.deepcopy(parameters)
+        out["parametersJsonSchema"] = copy.deepcopy(function.parameters)
     return out
 
 

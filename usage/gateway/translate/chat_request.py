@@ -1,0 +1,37 @@
+"""Reading a Chat Completions request, for every translation from chat to another upstream format
+(chat_to_anthropic, chat_to_gemini): what the client's fields must be is the client format's, and
+is checked once; each translation then writes its upstream's shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from openbili.core.errors import InvalidRequest
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionTool:
+    name: str
+    description: str | None
+    parameters: dict | None  # the client's own JSON schema object: copy it before sending it on
+
+
+def function_tool(tool: Any, param: str) -> FunctionTool:
+    """A `tools[i]` entry of type function, or a 400 naming what is wrong with it."""
+    if not isinstance(tool, dict):
+        raise InvalidRequest(f"{param} must be an object.", param=param)
+    if tool.get("type") != "function":
+        message = f"{param}.type {tool.get('type')!r} is not supported for this model (only 'function')."
+        raise InvalidRequest(message, param=param)
+    function = tool.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+        raise InvalidRequest(f"{param}.function.name must be a non-empty string.", param=f"{param}.function.name")
+    description = function.get("description")
+    if description is not None and not isinstance(description, str):
+        raise InvalidRequest(f"{param}.function.description must be a string.", param=f"{param}.function.description")
+    parameters = function.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        message = f"{param}.function.parameters must be a JSON schema object."
+        raise InvalidRequest(message, param=f"{param}.function.parameters")
+    return FunctionTool(function["name"], description, parameters)
