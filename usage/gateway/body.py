@@ -30,7 +30,6 @@ parse stays on the loop, one at a time, which also bounds the memory parses take
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 
@@ -38,7 +37,7 @@ from billing import money
 from openbili.core.errors import InsufficientBalance, PlatformUnavailable
 from usage.gateway import context
 from usage.gateway.context import Ctx, declared_length, execute, read_body
-from usage.gateway.endpoints.base import Endpoint
+from usage.gateway.endpoints.base import Endpoint, estimate_tokens
 from usage.gateway.outbox import UNREACHABLE
 from usage.gateway.state import GatewayState, ModelInfo
 
@@ -54,11 +53,9 @@ SELECT balance + credit_limit - reserved FROM billing_account WHERE id = %(accou
 """
 
 
-async def read_request(
-    state: GatewayState, ctx: Ctx, endpoint: Endpoint, receive, estimate_tokens: Callable[[int], int]
-) -> bytes:
+async def read_request(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receive) -> bytes:
     """The body of an authenticated request, within the endpoint's limit; a large one only if the
-    account can pay for its input (`estimate_tokens`, the lifecycle's, turns bytes into tokens)."""
+    account can pay for its input."""
     limit = endpoint.max_body_bytes or context.MAX_BODY_BYTES
     declared = declared_length(ctx)
     if declared is not None and BALANCE_CHECK_BYTES < declared <= limit:  # (beyond the limit: 413)

@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
 
@@ -57,7 +56,7 @@ from usage.gateway.context import (
     send_error,
     write_rejection,
 )
-from usage.gateway.endpoints.base import MAX_RECORDED_TOKENS, Endpoint, Parsed
+from usage.gateway.endpoints.base import MAX_RECORDED_TOKENS, Endpoint, Parsed, estimate_tokens
 from usage.gateway.endpoints.served import require_served
 from usage.gateway.outbox import UNREACHABLE, lost_reserve_row
 from usage.gateway.providers import provider_for
@@ -83,11 +82,6 @@ class UpstreamOutcome(Exception):
 
     def __init__(self, failure: UpstreamFailure) -> None:
         self.failure = failure
-
-
-def estimate_tokens(byte_count: int) -> int:
-    """Rough tokens for bytes we saw but the upstream did not count (about 4 bytes a token)."""
-    return math.ceil(byte_count / 4)
 
 
 def hold_ttl(model: ModelInfo) -> int:
@@ -152,7 +146,7 @@ async def reject(state: GatewayState, ctx: Ctx, endpoint: Endpoint, send, error:
 
 async def admit(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receive, send) -> Call:
     key = await authenticate(state, ctx)
-    raw = await read_request(state, ctx, endpoint, receive, estimate_tokens)
+    raw = await read_request(state, ctx, endpoint, receive)
     row = ctx.new_row()
     body = parse_json_object(raw)
     parsed = endpoint.validate(body)
@@ -716,7 +710,7 @@ async def count_tokens(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receiv
     every request with a known key it gets its usage row and counts against the key's RPM."""
     try:
         key = await authenticate(state, ctx)
-        raw = await read_request(state, ctx, endpoint, receive, estimate_tokens)
+        raw = await read_request(state, ctx, endpoint, receive)
         row = ctx.new_row()
         body = parse_json_object(raw)
         parsed = endpoint.validate(body)

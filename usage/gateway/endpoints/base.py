@@ -8,6 +8,7 @@ the error body, the stream's events, error event and terminator. The lifecycle
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from openbili.core.errors import InvalidRequest, OpenbiliError
@@ -26,6 +27,11 @@ TEMPLATE_TOKENS = 1024
 # Anthropic at ~1,600 (1.15 megapixels / 750). A URL costs a few bytes and a data URL's bytes need
 # not cover its tokens, so each image adds this on top of the request's bytes.
 IMAGE_TOKENS = 2048
+
+
+def estimate_tokens(byte_count: int) -> int:
+    """Rough tokens for bytes we saw but the upstream did not count (about 4 bytes a token)."""
+    return math.ceil(byte_count / 4)
 
 
 @dataclass(slots=True)

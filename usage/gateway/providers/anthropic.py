@@ -28,7 +28,7 @@ from openbili.core.errors import (
     UpstreamUnavailable,
 )
 from usage.gateway.errors import retry_after_seconds
-from usage.gateway.providers.base import Event, Provider, Reply, StreamReader, UpstreamCall, UpstreamFailure
+from usage.gateway.providers.base import BlankLineReader, Event, Provider, Reply, UpstreamCall, UpstreamFailure
 
 API_VERSION = "2023-06-01"  # what the official SDKs send; a client's own header wins
 MESSAGE_LIMIT = 300  # upstream messages shown to customers are shortened to this many characters
@@ -122,7 +122,7 @@ def _block_bytes(block: Any) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-class AnthropicReader(StreamReader):
+class AnthropicReader(BlankLineReader):
     """Cuts a Messages SSE stream into events and keeps score (see StreamReader).
 
     Anthropic has no usage-only event, so `hidden` is never set: every event is forwarded.
@@ -131,31 +131,6 @@ class AnthropicReader(StreamReader):
     def __init__(self) -> None:
         super().__init__()
         self._usage: dict[str, Any] = {}  # the raw usage so far: message_start's, updated by each message_delta
-
-    def feed(self, data: bytes) -> list[Event]:
-        previous = self._buffer
-        buffer = previous + data if previous else data
-        # An event ends with a blank line: "\n\n", or "\n\r\n" (which covers "\r\n\r\n" and a
-        # mix). The leftover buffer holds no separator, so the search resumes just before its end
-        # (a separator may straddle two feeds), and each pattern is searched once per event: a
-        # big feed is scanned in linear time.
-        scan = max(len(previous) - 2, 0)
-        lf = buffer.find(b"\n\n", scan)
-        crlf = buffer.find(b"\n\r\n", scan)
-        events = []
-        start = 0
-        while (lf >= 0 or crlf >= 0) and self.upstream_error is None:
-            end = lf + 2 if crlf < 0 or 0 <= lf < crlf else crlf + 3
-            event = self._event(buffer[start:end])
-            start = end
-            if self.upstream_error is None:  # the error event, and what follows, is not forwarded
-                events.append(event)
-            if 0 <= lf < start:
-                lf = buffer.find(b"\n\n", start)
-            if 0 <= crlf < start:
-                crlf = buffer.find(b"\n\r\n", start)
-        self._buffer = buffer[start:] if start else buffer
-        return events
 
     def _event(self, raw: bytes) -> Event:
         name_bytes = b""

@@ -101,6 +101,39 @@ class StreamReader:
         raise NotImplementedError
 
 
+class BlankLineReader(StreamReader):
+    """A StreamReader for SSE whose events end with a blank line of either ending, "\n\n" or
+    "\n\r\n" (which covers "\r\n\r\n" and a mix): Anthropic's and Google's. Subclasses parse one
+    event's bytes in `_event`, setting `upstream_error` on an error event."""
+
+    def feed(self, data: bytes) -> list[Event]:
+        previous = self._buffer
+        buffer = previous + data if previous else data
+        # The leftover buffer holds no separator, so the search resumes just before its end (a
+        # separator may straddle two feeds), and each pattern is searched once per event: a big
+        # feed is scanned in linear time.
+        scan = max(len(previous) - 2, 0)
+        lf = buffer.find(b"\n\n", scan)
+        crlf = buffer.find(b"\n\r\n", scan)
+        events = []
+        start = 0
+        while (lf >= 0 or crlf >= 0) and self.upstream_error is None:
+            end = lf + 2 if crlf < 0 or 0 <= lf < crlf else crlf + 3
+            event = self._event(buffer[start:end])
+            start = end
+            if self.upstream_error is None:  # the error event, and what follows, is not forwarded
+                events.append(event)
+            if 0 <= lf < start:
+                lf = buffer.find(b"\n\n", start)
+            if 0 <= crlf < start:
+                crlf = buffer.find(b"\n\r\n", start)
+        self._buffer = buffer[start:] if start else buffer
+        return events
+
+    def _event(self, raw: bytes) -> Event:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
 class Provider:
     name: str = ""  # the route's `provider` value
     wire: str = ""  # the wire format of its request and response bodies: "chat" | "messages"

@@ -33,7 +33,7 @@ from openbili.core.errors import (
     UpstreamUnavailable,
 )
 from usage.gateway.errors import retry_after_seconds
-from usage.gateway.providers.base import Event, Provider, Reply, StreamReader, UpstreamCall, UpstreamFailure
+from usage.gateway.providers.base import BlankLineReader, Event, Provider, Reply, UpstreamCall, UpstreamFailure
 
 API_VERSION = "v1beta"  # the version the official SDKs call, and the only one with every feature
 MESSAGE_LIMIT = 300  # upstream messages shown to customers are shortened to this many characters
@@ -132,7 +132,7 @@ def _output(data: dict) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------------
 
 
-class GeminiReader(StreamReader):
+class GeminiReader(BlankLineReader):
     """Cuts a `streamGenerateContent?alt=sse` stream into events and keeps score (see StreamReader).
 
     Each `data:` event is a whole GenerateContentResponse chunk. Every chunk may carry
@@ -153,29 +153,6 @@ class GeminiReader(StreamReader):
         self._images = 0
         self._open: set[int] = set()  # candidate indexes seen without a finishReason yet
         self._finished: set[int] = set()
-
-    def feed(self, data: bytes) -> list[Event]:
-        previous = self._buffer
-        buffer = previous + data if previous else data
-        # An event ends with a blank line: "\n\n", or "\n\r\n" (covers Google's "\r\n\r\n"). The
-        # leftover buffer holds no separator, so the search resumes just before its end.
-        scan = max(len(previous) - 2, 0)
-        lf = buffer.find(b"\n\n", scan)
-        crlf = buffer.find(b"\n\r\n", scan)
-        events = []
-        start = 0
-        while (lf >= 0 or crlf >= 0) and self.upstream_error is None:
-            end = lf + 2 if crlf < 0 or 0 <= lf < crlf else crlf + 3
-            event = self._event(buffer[start:end])
-            start = end
-            if self.upstream_error is None:  # the error event, and what follows, is not forwarded
-                events.append(event)
-            if 0 <= lf < start:
-                lf = buffer.find(b"\n\n", start)
-            if 0 <= crlf < start:
-                crlf = buffer.find(b"\n\r\n", start)
-        self._buffer = buffer[start:] if start else buffer
-        return events
 
     def _event(self, raw: bytes) -> Event:
         payload: list[bytes] = []

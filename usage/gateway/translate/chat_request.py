@@ -35,3 +35,31 @@ def function_tool(tool: Any, param: str) -> FunctionTool:
         message = f"{param}.function.parameters must be a JSON schema object."
         raise InvalidRequest(message, param=f"{param}.function.parameters")
     return FunctionTool(function["name"], description, parameters)
+
+
+def part_text(part: dict, param: str, key: str = "text") -> str:
+    """The text of a `text` part (or the `refusal` of an assistant's refusal part)."""
+    text = part.get(key)
+    if not isinstance(text, str):
+        raise InvalidRequest(f"{param}.{key} must be a string.", param=f"{param}.{key}")
+    return text
+
+
+def image_url(part: dict, param: str) -> str:
+    """The URL of an `image_url` part (`detail` is each translation's business)."""
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else None
+    if not isinstance(url, str):
+        raise InvalidRequest(f"{param}.image_url.url must be a string.", param=f"{param}.image_url.url")
+    return url
+
+
+def data_url(url: str, param: str) -> tuple[str, str] | None:
+    """(media type, base64 data) of a `data:` URL; None for any other URL."""
+    if not url.startswith("data:"):
+        return None
+    header, comma, data = url[len("data:") :].partition(",")
+    fields = header.split(";")
+    if not comma or fields[-1] != "base64" or not fields[0]:
+        raise InvalidRequest(f"{param} must be a base64 data URL (data:<media type>;base64,<data>).", param=param)
+    return fields[0], data

@@ -31,7 +31,7 @@ from typing import Any
 from openbili.core.errors import InvalidRequest
 from usage.gateway.providers.base import Event
 from usage.gateway.providers.gemini import usage_from_gemini
-from usage.gateway.translate.chat_request import function_tool
+from usage.gateway.translate.chat_request import data_url, function_tool, image_url, part_text
 
 # Gemini FinishReason → Chat finish_reason. A candidate that called a function ends with STOP; it
 # becomes "tool_calls" where the reply is built. MALFORMED_FUNCTION_CALL / UNEXPECTED_TOOL_CALL /
@@ -143,38 +143,20 @@ def _new_call_id() -> str:
 
 
 def _text_part(part: dict, param: str) -> dict | None:
-    text = part.get("text")
-    if not isinstance(text, str):
-        raise _invalid(f"{param}.text must be a string.", f"{param}.text")
+    text = part_text(part, param)
     return {"text": text} if text else None  # an empty part carries nothing
 
 
 def _refusal_part(part: dict, param: str) -> dict | None:
-    refusal = part.get("refusal")
-    if not isinstance(refusal, str):
-        raise _invalid(f"{param}.refusal must be a string.", f"{param}.refusal")
+    refusal = part_text(part, param, "refusal")
     return {"text": refusal} if refusal else None
-
-
-def _data_url(url: str, param: str) -> tuple[str, str] | None:
-    """(media type, base64 data) of a `data:` URL; None for any other URL."""
-    if not url.startswith("data:"):
-        return None
-    header, comma, data = url[len("data:") :].partition(",")
-    fields = header.split(";")
-    if not comma or fields[-1] != "base64" or not fields[0]:
-        raise _invalid(f"{param} must be a base64 data URL (data:<media type>;base64,<data>).", param)
-    return fields[0], data
 
 
 def _image_part(part: dict, param: str) -> dict:
     # `detail` has no generateContent counterpart (mediaResolution is per request, not per image).
-    image = part.get("image_url")
-    url = image.get("url") if isinstance(image, dict) else None
-    if not isinstance(url, str):
-        raise _invalid(f"{param}.image_url.url must be a string.", f"{param}.image_url.url")
+    url = image_url(part, param)
     param = f"{param}.image_url.url"
-    inline = _data_url(url, param)
+    inline = data_url(url, param)
     if inline is not None:
         media_type, data = inline
         if media_type not in IMAGE_TYPES:
@@ -200,7 +182,7 @@ def _file_part(part: dict, param: str) -> dict:
         # file_id points into OpenAI's file storage, which this upstream cannot read.
         raise _invalid(f"{param}.file.file_data (a PDF data URL) is required for this model.", f"{param}.file")
     param = f"{param}.file.file_data"
-    inline = _data_url(file_data, param)
+    inline = data_url(file_data, param)
     if inline is None or inline[0] != "application/pdf":
         raise _invalid(f"{param} must be a PDF data URL (data:application/pdf;base64,...).", param)
     # `filename` has no Part counterpart (inlineData.displayName is Vertex-only): dropped.
