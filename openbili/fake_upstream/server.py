@@ -7,7 +7,10 @@ Endpoints (any path prefix is accepted, so ``/v1``, ``/openai/v1`` ... base URLs
 
 * ``POST .../chat/completions``             OpenAI Chat Completions (stream and non-stream)
 * ``POST .../responses``                    OpenAI Responses (stream and non-stream)
+* ``GET  .../responses/{id}`` (``?stream=true&starting_after=N`` for background streams),
+  ``DELETE .../responses/{id}``, ``POST .../responses/{id}/cancel``   stored Responses (see below)
 * ``POST .../images/generations``           OpenAI Images (``b64_json`` or ``url``)
+* ``POST .../images/edits``                 OpenAI Images edit (multipart ``image``/``image[]``, ``mask``)
 * ``GET  .../models``                       model list (OpenAI, Anthropic or Gemini shape)
 * ``POST .../messages``                     Anthropic Messages (stream and non-stream)
 * ``POST .../messages/count_tokens``        Anthropic token counting
@@ -28,7 +31,17 @@ Token accounting (deterministic):
   into words (each piece keeps its leading whitespace). ``max_tokens`` / ``max_completion_tokens``
   / ``max_output_tokens`` / ``generationConfig.maxOutputTokens`` cut the reply to that many pieces
   and the finish reason becomes ``length`` / ``max_tokens`` / ``MAX_TOKENS`` / ``incomplete``.
+* image edits: input tokens = prompt words + ``EDIT_IMAGE_TOKENS`` per input image (plus
+  ``EDIT_HIGH_FIDELITY_TOKENS`` each with ``input_fidelity=high``); the mask is not counted.
+* ``previous_response_id``: the previous response's input + output tokens are added to the prompt.
 * a scenario's ``tokens`` override writes the provider's wire fields directly (see ``Scenario``).
+
+Stateful Responses (as OpenAI keeps them): ``store`` defaults to true and keeps the response (the
+newest ``max_responses``, default 1000) under the caller's bearer key, so another key gets a 404.
+``background: true`` (needs ``store``) answers ``queued`` at once, shows ``in_progress`` after half of
+``background_delay_ms`` (default 200) and its final object (usage included) after all of it; with
+``stream: true`` it streams as usual, its events can be replayed with ``GET ...?stream=true``, and
+it completes even when the client goes away. ``reset()`` forgets stored responses.
 """
 
 from __future__ import annotations
@@ -45,8 +58,8 @@ import struct
 import threading
 import time
 import zlib
-from collections import deque
-from dataclasses import dataclass, fields
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from aiohttp import web
@@ -90,6 +103,9 @@ IMAGE_TOKENS = {  # gpt-image-1 output tokens per image: (size class, quality)
     ("wide", "medium"): 1584,
     ("wide", "high"): 6240,
 }
+EDIT_IMAGE_TOKENS = 194  # input tokens per edited image (65 base + 129 for one 512px tile)
+EDIT_HIGH_FIDELITY_TOKENS = 4160  # extra input tokens per image with input_fidelity=high
+EDIT_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
 
 
 def _png_1x1() -> bytes:
@@ -190,6 +206,11 @@ class Scenario:
     tokens: dict[str, int] | None = None
     tool_call: Any = None  # True (first tool of the request) or {"name": ..., "arguments": {...}}
     content: Any = None  # str (split into word pieces) or list[str] (the exact pieces)
+    # Responses background mode: how long this response takes (overrides the server's
+    # background_delay_ms) and the status it ends in ("completed" by default, "failed" with an
+    # error object built from message/error_code, "incomplete", "cancelled").
+    background_delay_ms: float | None = None
+    background_status: str | None = None
 
     def __post_init__(self) -> None:
         if self.tokens:
@@ -259,16 +280,21 @@ class UpstreamState:
         record: bool = True,
         max_records: int = 200,
         api_key: str | None = None,
+        max_responses: int = 1000,
+        background_delay_ms: float = 200,
     ) -> None:
         self.latency_ms = latency_ms
         self.chunks = chunks
         self.chunk_delay_ms = chunk_delay_ms
         self.record = record
         self.api_key = api_key
+        self.max_responses = max_responses
+        self.background_delay_ms = background_delay_ms
         self.stopping = False
         self._lock = threading.Lock()
         self._queue: list[Scenario] = []
         self._records: deque[dict[str, Any]] = deque(maxlen=max_records)
+        self._responses: OrderedDict[str, _StoredResponse] = OrderedDict()
         self._open_gates: set[str] = set()
         self._waiting: dict[str, int] = {}
         self.default_pieces = _default_pieces(chunks)
@@ -322,6 +348,39 @@ class UpstreamState:
             self._queue.clear()
             self._records.clear()
             self._open_gates.clear()
+            self._responses.clear()  # pending background timers find their entry gone and stop
+
+    # stored Responses -----------------------------------------------------------------------------
+    def response_put(self, entry: _StoredResponse) -> None:
+        with self._lock:
+            self._responses[entry.id] = entry
+            self._responses.move_to_end(entry.id)
+            while len(self._responses) > self.max_responses:
+                self._responses.popitem(last=False)
+
+    def response_get(self, rid: str, owner: str | None) -> _StoredResponse | None:
+        """The stored response, or None when unknown or stored under another key."""
+        with self._lock:
+            entry = self._responses.get(rid)
+        return entry if entry is not None and entry.owner == owner else None
+
+    def response_pop(self, rid: str, owner: str | None) -> _StoredResponse | None:
+        with self._lock:
+            entry = self._responses.get(rid)
+            if entry is None or entry.owner != owner:
+                return None
+            del self._responses[rid]
+        return entry
+
+    def response_live(self, entry: _StoredResponse) -> bool:
+        """Still stored (not deleted, evicted or reset)?"""
+        with self._lock:
+            return self._responses.get(entry.id) is entry
+
+    @property
+    def stored_responses(self) -> int:
+        with self._lock:
+            return len(self._responses)
 
     # gates ----------------------------------------------------------------------------------------
     def open_gate(self, name: str) -> None:
@@ -345,6 +404,30 @@ class UpstreamState:
         finally:
             with self._lock:
                 self._waiting[name] -= 1
+
+
+_TERMINAL = ("completed", "failed", "incomplete", "cancelled")
+
+
+@dataclass(slots=True)
+class _StoredResponse:
+    """A stored Responses object; ``obj`` is what GET answers (replaced, never mutated in place)."""
+
+    id: str
+    owner: str | None  # the bearer key it was created with (OpenAI scopes responses by project)
+    obj: dict[str, Any]
+    background: bool = False
+    events: list[tuple[int, bytes]] | None = None  # (sequence_number, SSE bytes) of a background stream
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.obj.get("status") in _TERMINAL
+
+    def stop_timers(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
 
 
 def _default_pieces(chunks: int) -> list[str]:
@@ -434,6 +517,12 @@ def _openai_error(status: int, message: str | None, etype: str | None, code: str
     }
 
 
+def _openai_invalid(message: str, param: str | None = None, code: str | None = None, status: int = 400) -> web.Response:
+    """An OpenAI ``invalid_request_error`` naming the offending parameter."""
+    error = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+    return _json_response({"error": error}, status)
+
+
 def _anthropic_error(status: int, message: str | None, etype: str | None) -> dict[str, Any]:
     d_type, d_msg = _ANTHROPIC_ERRORS.get(
         status, ("api_error", "Internal server error") if status >= 500 else ("invalid_request_error", "Error.")
@@ -513,7 +602,7 @@ def _error_response(
 class _Call:
     """Per-request context."""
 
-    __slots__ = ("body", "chunk_delay", "model", "provider", "request", "scen", "state")
+    __slots__ = ("body", "chunk_delay", "files", "model", "provider", "request", "scen", "state")
 
     def __init__(
         self,
@@ -523,6 +612,7 @@ class _Call:
         body: dict[str, Any],
         model: str | None,
         scen: Scenario | None,
+        files: list[_Upload] | None = None,
     ) -> None:
         self.state = state
         self.request = request
@@ -530,6 +620,7 @@ class _Call:
         self.body = body
         self.model = model
         self.scen = scen
+        self.files = files or []
         delay = state.chunk_delay_ms
         if scen is not None and scen.chunk_delay_ms is not None:
             delay = scen.chunk_delay_ms
@@ -989,7 +1080,7 @@ def _response_obj(call: _Call, rid: str, created: int, status: str, output: list
         "object": "response",
         "created_at": created,
         "status": status,
-        "background": False,
+        "background": body.get("background") is True,
         "error": None,
         "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
         "instructions": body.get("instructions"),
@@ -1015,15 +1106,67 @@ def _response_obj(call: _Call, rid: str, created: int, status: str, output: list
     }
 
 
+def _not_found(rid: str) -> web.Response:
+    return _openai_invalid(f"Response with id '{rid}' not found.", status=404)
+
+
+def _background_final(call: _Call, final: dict[str, Any]) -> dict[str, Any]:
+    """The object a background response ends as, after the scenario's ``background_status``."""
+    status = call.scen.background_status if call.scen is not None else None
+    if status is None or status == final["status"]:
+        return final
+    if status == "failed":
+        err = _error_body("openai", 500, call.scen)["error"]
+        error = {"code": err["code"] or "server_error", "message": err["message"]}
+        return {**final, "status": "failed", "output": [], "usage": None, "error": error}
+    if status == "incomplete":
+        return {**final, "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}
+    return {**final, "status": status, "usage": None if status == "cancelled" else final["usage"]}
+
+
+def _schedule_background(call: _Call, entry: _StoredResponse, final: dict[str, Any]) -> None:
+    """queued -> in_progress (half the delay) -> the final object (the whole delay)."""
+    state = call.state
+    delay_ms = state.background_delay_ms
+    if call.scen is not None and call.scen.background_delay_ms is not None:
+        delay_ms = call.scen.background_delay_ms
+    delay = max(0.0, delay_ms / 1000)
+
+    def advance(obj: dict[str, Any] | None) -> None:
+        if not state.response_live(entry) or entry.done:  # deleted, evicted, reset or cancelled
+            return
+        entry.obj = obj if obj is not None else {**entry.obj, "status": "in_progress"}
+
+    loop = asyncio.get_running_loop()
+    entry.timers = [loop.call_later(delay / 2, advance, None), loop.call_later(delay, advance, final)]
+
+
 async def _responses(call: _Call) -> web.StreamResponse:
     body = call.body
+    store = body.get("store") is not False  # absent or null: stored, as OpenAI does
+    background = body.get("background") is True
+    if background and not store:
+        return _openai_invalid("background can only be used when `store` is true", "background")
+    owner = _bearer(call.request)
+    earlier = 0  # what the previous response's state costs: its whole input + output again
+    prev_id = body.get("previous_response_id")
+    if prev_id is not None:
+        prev = call.state.response_get(str(prev_id), owner)
+        if prev is None:
+            return _openai_invalid(
+                f"Previous response with id '{prev_id}' not found.",
+                "previous_response_id",
+                "previous_response_not_found",
+            )
+        prev_usage = prev.obj.get("usage") or {}
+        earlier = int(prev_usage.get("input_tokens") or 0) + int(prev_usage.get("output_tokens") or 0)
     names = [str(t["name"]) for t in body.get("tools") or [] if isinstance(t, dict) and t.get("name")]
     tool = call.tool(names)
     if tool is not None:
         pieces, truncated = _split_args(tool[1], call.state.chunks), False
     else:
         pieces, truncated = call.pieces(body.get("max_output_tokens"))
-    prompt = max(1, count_words(body.get("instructions") or "") + count_words(body.get("input") or ""))
+    prompt = max(1, count_words(body.get("instructions") or "") + count_words(body.get("input") or "")) + earlier
     tokens = _tokens(prompt, len(pieces), call.scen)
     rid = _new_id("resp_")
     item_id = _new_id("fc_" if tool is not None else "msg_")
@@ -1050,19 +1193,42 @@ async def _responses(call: _Call) -> web.StreamResponse:
             "content": [part],
             "role": "assistant",
         }
+    final = _response_obj(call, rid, created, status, [item], usage, truncated)
     if not body.get("stream"):
-        return await _finish_json(call, _response_obj(call, rid, created, status, [item], usage, truncated))
+        if background:
+            queued = _response_obj(call, rid, created, "queued", [], None, False)
+            pending = _StoredResponse(rid, owner, queued, background=True)
+            call.state.response_put(pending)
+            _schedule_background(call, pending, _background_final(call, final))
+            return await _finish_json(call, queued)
+        if store:  # stored once generated, even when the answer is then cut on the wire
+            call.state.response_put(_StoredResponse(rid, owner, final))
+        return await _finish_json(call, final)
 
-    resp = await _start_stream(call)
+    entry: _StoredResponse | None = None
+    if background:  # retrievable (and cancellable) from the first event on
+        start = _response_obj(call, rid, created, "queued", [], None, False)
+        entry = _StoredResponse(rid, owner, start, background=True, events=[])
+        call.state.response_put(entry)
+    else:
+        start = _response_obj(call, rid, created, "in_progress", [], None, False)
     seq = itertools.count()
 
     def ev(etype: str, **data: Any) -> bytes:
-        data = {"type": etype, "sequence_number": next(seq), **data}
-        return b"event: " + etype.encode() + b"\ndata: " + _dumps(data) + b"\n\n"
+        n = next(seq)
+        data = {"type": etype, "sequence_number": n, **data}
+        raw = b"event: " + etype.encode() + b"\ndata: " + _dumps(data) + b"\n\n"
+        if entry is not None and entry.events is not None:
+            entry.events.append((n, raw))
+        return raw
 
+    resp = await _start_stream(call)
     try:
-        start = _response_obj(call, rid, created, "in_progress", [], None, False)
         await resp.write(ev("response.created", response=start))
+        if entry is not None:
+            await resp.write(ev("response.queued", response=start))
+            start = {**start, "status": "in_progress"}
+            entry.obj = start
         await resp.write(ev("response.in_progress", response=start))
         if tool is not None:
             await resp.write(
@@ -1098,6 +1264,9 @@ async def _responses(call: _Call) -> web.StreamResponse:
             if mid_error is not None and i >= mid_error:
                 break
             await call.pause()
+            if entry is not None and entry.obj["status"] == "cancelled":  # POST .../cancel meanwhile
+                await resp.write_eof()
+                return resp
             if tool is not None:
                 await resp.write(
                     ev("response.function_call_arguments.delta", item_id=item_id, output_index=0, delta=piece)
@@ -1119,6 +1288,9 @@ async def _responses(call: _Call) -> web.StreamResponse:
         if mid_error is not None:
             assert call.scen is not None and call.scen.status is not None  # mid_error comes from the scenario
             err = _error_body("openai", call.scen.status, call.scen)["error"]
+            if entry is not None and call.state.response_live(entry) and not entry.done:
+                error = {"code": err["code"] or "server_error", "message": err["message"]}
+                entry.obj = {**start, "status": "failed", "error": error}
             await resp.write(ev("error", code=err["code"] or err["type"], message=err["message"], param=None))
             await resp.write_eof()
             return resp
@@ -1147,12 +1319,81 @@ async def _responses(call: _Call) -> web.StreamResponse:
                 ev("response.content_part.done", item_id=item_id, output_index=0, content_index=0, part=part)
             )
         await resp.write(ev("response.output_item.done", output_index=0, item=item))
-        final = _response_obj(call, rid, created, status, [item], usage, truncated)
+        if entry is not None:
+            if call.state.response_live(entry) and not entry.done:
+                entry.obj = final
+        elif store:  # before the last event, so a client that saw it can already retrieve it
+            call.state.response_put(_StoredResponse(rid, owner, final))
         await resp.write(ev("response.incomplete" if truncated else "response.completed", response=final))
         await resp.write_eof()
     except ConnectionError:
         pass
+    finally:
+        # A background response goes on when its stream is cut or its client leaves.
+        if entry is not None and call.state.response_live(entry) and not entry.done:
+            entry.obj = final
     return resp
+
+
+async def _replay_events(state: UpstreamState, request: web.Request, entry: _StoredResponse) -> web.StreamResponse:
+    """GET .../responses/{id}?stream=true[&starting_after=N]: a background stream's events again."""
+    after = request.query.get("starting_after")
+    try:
+        last = int(after) if after is not None else -1
+    except ValueError:
+        return _openai_invalid(f"Invalid 'starting_after': '{after}'. Expected an integer.", "starting_after")
+    events = entry.events if entry.events is not None else []
+    resp = web.StreamResponse(status=200)
+    resp.headers["Content-Type"] = "text/event-stream; charset=utf-8"
+    resp.headers["Cache-Control"] = "no-cache"
+    try:
+        await resp.prepare(request)
+        sent = 0
+        while True:
+            while sent < len(events):  # the list grows while a write is awaited
+                n, raw = events[sent]
+                sent += 1
+                if n > last:
+                    await resp.write(raw)
+            # The writer records its last event in the same step as it finishes the response.
+            if entry.done or not state.response_live(entry) or state.stopping:
+                break
+            await asyncio.sleep(0.01)
+        await resp.write_eof()
+    except ConnectionError:
+        pass
+    return resp
+
+
+async def _stored(state: UpstreamState, request: web.Request, kind: str) -> web.StreamResponse:
+    """GET / DELETE .../responses/{id} and POST .../responses/{id}/cancel."""
+    match = _RESPONSE_PATH.search(request.path)
+    assert match is not None  # _route only gives these kinds for such paths
+    rid, owner = match["id"], _bearer(request)
+    if kind == "response_delete":
+        entry = state.response_pop(rid, owner)
+        if entry is None:
+            return _not_found(rid)
+        entry.stop_timers()
+        return _json_response({"id": rid, "object": "response", "deleted": True})
+    entry = state.response_get(rid, owner)
+    if entry is None:
+        return _not_found(rid)
+    if kind == "response_get":
+        if request.query.get("stream", "").lower() == "true":
+            if entry.events is None:
+                return _openai_invalid(
+                    "This response cannot be streamed because it was not created with background=true and stream=true.",
+                    "stream",
+                )
+            return await _replay_events(state, request, entry)
+        return _json_response(entry.obj)
+    if not entry.background:
+        return _openai_invalid("Cannot cancel a synchronous response.")
+    if not entry.done:  # cancelling a finished background response returns it unchanged
+        entry.stop_timers()
+        entry.obj = {**entry.obj, "status": "cancelled"}
+    return _json_response(entry.obj)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1160,18 +1401,23 @@ async def _responses(call: _Call) -> web.StreamResponse:
 # --------------------------------------------------------------------------------------------------
 
 
-async def _images(call: _Call) -> web.StreamResponse:
+def _image_payload(
+    call: _Call,
+    *,
+    n: int,
+    text_tokens: int,
+    image_tokens: int,
+    url: bool,
+    background: str = "opaque",
+) -> dict[str, Any]:
+    """What generations and edits both answer: ``created``, ``data`` and (GPT image) ``usage``."""
     body = call.body
-    n = body.get("n") or 1
-    if not isinstance(n, int) or n < 1:
-        return _error_response("openai", 400, None, "Invalid 'n': must be a positive integer.")
     size = body.get("size") or "1024x1024"
     quality = body.get("quality") or "auto"
     q = quality if quality in ("low", "medium", "high") else ("high" if quality == "hd" else "medium")
     per_image = IMAGE_TOKENS[("square" if size in ("1024x1024", "auto") else "wide", q)]
-    prompt = max(1, count_words(body.get("prompt") or ""))
-    tokens = _tokens(prompt, per_image * n, call.scen)
-    if body.get("response_format") == "url":
+    tokens = _tokens(text_tokens + image_tokens, per_image * n, call.scen)
+    if url:
         host = call.request.host
         data = [{"url": f"http://{host}/files/{_new_id('img_')}.png"} for _ in range(n)]
     else:
@@ -1180,18 +1426,134 @@ async def _images(call: _Call) -> web.StreamResponse:
     model = call.model or ""
     if model.startswith("gpt-image"):
         payload.update(
-            background="opaque",
+            background=background,
             output_format=body.get("output_format") or "png",
             quality=q,
             size=size if size != "auto" else "1024x1024",
         )
     if not call.no_usage:
+        image_part = min(image_tokens, tokens.prompt)  # a `prompt` override is the whole input
         payload["usage"] = {
             "input_tokens": tokens.prompt,
-            "input_tokens_details": {"text_tokens": tokens.prompt, "image_tokens": 0},
+            "input_tokens_details": {"text_tokens": tokens.prompt - image_part, "image_tokens": image_part},
             "output_tokens": tokens.completion,
             "total_tokens": tokens.prompt + tokens.completion,
         }
+    return payload
+
+
+async def _images(call: _Call) -> web.StreamResponse:
+    body = call.body
+    n = body.get("n") or 1
+    if not isinstance(n, int) or n < 1:
+        return _error_response("openai", 400, None, "Invalid 'n': must be a positive integer.")
+    prompt = max(1, count_words(body.get("prompt") or ""))
+    url = body.get("response_format") == "url"
+    return await _finish_json(call, _image_payload(call, n=n, text_tokens=prompt, image_tokens=0, url=url))
+
+
+@dataclass(slots=True)
+class _Upload:
+    """One file of a multipart request: what is recorded of it (never its bytes)."""
+
+    field: str
+    filename: str | None
+    content_type: str
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"field": self.field, "filename": self.filename, "content_type": self.content_type, "size": self.size}
+
+
+async def _read_form(request: web.Request) -> tuple[dict[str, Any], list[_Upload]]:
+    """Text fields (strings, as sent) and files of a multipart/form-data body."""
+    form = await request.post()
+    text: dict[str, Any] = {}
+    uploads: list[_Upload] = []
+    for name, value in form.items():
+        if isinstance(value, web.FileField):
+            value.file.seek(0, os.SEEK_END)
+            uploads.append(_Upload(name, value.filename, value.content_type, value.file.tell()))
+            value.file.close()
+        else:
+            text[name] = value if isinstance(value, str) else bytes(value).decode("utf-8", "replace")
+    return text, uploads
+
+
+_GPT_IMAGE_ONLY = ("background", "input_fidelity", "output_compression", "output_format")
+
+
+def _edit_model(body: dict[str, Any], images: int) -> str:
+    """The model an edit runs on: dall-e-2 unless one is named or a GPT image field is used."""
+    model = body.get("model")
+    if model:
+        return str(model)
+    gpt = images > 1 or body.get("quality") in ("low", "medium", "high") or any(k in body for k in _GPT_IMAGE_ONLY)
+    return "gpt-image-1" if gpt else "dall-e-2"
+
+
+def _supported(types: tuple[str, ...]) -> str:
+    quoted = [f"'{t}'" for t in types]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + ", and " + quoted[-1]
+
+
+def _edit_input_error(body: dict[str, Any], files: list[_Upload]) -> web.Response | None:
+    """OpenAI's 400s for an edit request without an image or prompt, or with a non-image file."""
+    images = [f for f in files if f.field in ("image", "image[]")]
+    json_images = body.get("images")  # the JSON form of the endpoint: images[].image_url / file_id
+    if not images and not json_images:
+        for key in ("image", "image[]"):
+            if isinstance(body.get(key), str):
+                return _openai_invalid(
+                    f"Invalid type for '{key}': expected one of an array of files or file, but got a string instead.",
+                    key,
+                    "invalid_type",
+                )
+        return _openai_invalid("Missing required parameter: 'image'.", "image", "missing_required_parameter")
+    if not isinstance(body.get("prompt"), str) or not body["prompt"]:
+        return _openai_invalid("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
+    model = _edit_model(body, len(images) or len(json_images or []))
+    allowed = ("image/png",) if model == "dall-e-2" else EDIT_IMAGE_TYPES
+    for upload in images:
+        if upload.content_type not in allowed:
+            return _openai_invalid(
+                f"Invalid file '{upload.field}': unsupported mimetype ('{upload.content_type}'). "
+                f"Supported file formats are {_supported(allowed)}.",
+                upload.field,
+            )
+    for upload in files:
+        if upload.field == "mask" and upload.content_type != "image/png":
+            return _openai_invalid(
+                f"Invalid file 'mask': unsupported mimetype ('{upload.content_type}'). "
+                "Supported file formats are 'image/png'.",
+                "mask",
+            )
+    return None
+
+
+async def _image_edits(call: _Call) -> web.StreamResponse:
+    body = call.body
+    raw_n = body.get("n") or 1
+    try:
+        n = int(raw_n)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        return _error_response("openai", 400, None, "Invalid 'n': must be a positive integer.")
+    uploads = [f for f in call.files if f.field in ("image", "image[]")]
+    count = len(uploads) or len(body.get("images") or [])
+    call.model = _edit_model(body, count)
+    per_image = EDIT_IMAGE_TOKENS + (EDIT_HIGH_FIDELITY_TOKENS if body.get("input_fidelity") == "high" else 0)
+    background = body.get("background") if body.get("background") in ("transparent", "opaque") else "opaque"
+    payload = _image_payload(
+        call,
+        n=n,
+        text_tokens=max(1, count_words(body.get("prompt") or "")),
+        image_tokens=per_image * count,
+        # GPT image models always answer base64; only dall-e-2 still gives a URL.
+        url=body.get("response_format") == "url" and call.model == "dall-e-2",
+        background=str(background),
+    )
     return await _finish_json(call, payload)
 
 
@@ -1378,6 +1740,7 @@ _GENERATORS = {
     "chat": ("openai", _chat),
     "responses": ("openai", _responses),
     "images": ("openai", _images),
+    "image_edits": ("openai", _image_edits),
     "messages": ("anthropic", _messages),
     "count_tokens": ("anthropic", _count_tokens),
 }
@@ -1389,6 +1752,9 @@ _REQUIRED = {
     "count_tokens": ("model", "messages"),
     "gemini": ("contents",),
 }
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+_STATEFUL = ("response_get", "response_delete", "response_cancel")  # stored Responses, no generation
+_RESPONSE_PATH = re.compile(r"/responses/(?P<id>[^/]+)(?P<cancel>/cancel)?$")
 
 
 def _route(method: str, path: str) -> tuple[str | None, str | None]:
@@ -1402,8 +1768,13 @@ def _route(method: str, path: str) -> tuple[str | None, str | None]:
             return "responses", None
         if path.endswith("/images/generations"):
             return "images", None
+        if path.endswith("/images/edits"):
+            return "image_edits", None
         if path.endswith("/messages/count_tokens"):
             return "count_tokens", None
+        match = _RESPONSE_PATH.search(path)
+        if match is not None and match["cancel"]:
+            return "response_cancel", None
         last = path.rsplit("/", 1)[-1]
         if ":" in last:
             model, _, verb = last.partition(":")
@@ -1412,12 +1783,19 @@ def _route(method: str, path: str) -> tuple[str | None, str | None]:
             if verb == "streamGenerateContent":
                 return "gemini_stream", model
     elif method == "GET":
+        match = _RESPONSE_PATH.search(path)
+        if match is not None and not match["cancel"]:
+            return "response_get", None
         if path.endswith("/models"):
             return "models", None
         if "/models/" in path:
             return "model", None  # retrieve one model (OpenAI GET /v1/models/{id})
         if path.startswith("/files/") and path.endswith(".png"):
             return "file", None
+    elif method == "DELETE":
+        match = _RESPONSE_PATH.search(path)
+        if match is not None and not match["cancel"]:
+            return "response_delete", None
     return None, None
 
 
@@ -1459,17 +1837,26 @@ def _make_handler(state: UpstreamState):
             return web.Response(body=PNG_BYTES, content_type="image/png")
 
         body: Any = None
-        if request.method == "POST" and request.can_read_body:
+        files: list[_Upload] | None = None
+        if kind == "image_edits" and request.content_type in _FORM_TYPES:
+            try:
+                body, files = await _read_form(request)
+            except ValueError:
+                body, files = "malformed form body", []
+        elif request.method == "POST" and request.can_read_body:
             raw = await request.read()
             try:
                 body = json.loads(raw) if raw else {}
             except ValueError:
                 body = raw.decode("utf-8", "replace")
         if state.record:
-            state.add_record(_record(request, body))
+            state.add_record(_record(request, body, files))
 
         if kind in ("models", "model"):
             provider, model = _provider_for_models(request), None
+            scen = state.take(None, path, generation=False)
+        elif kind in _STATEFUL:
+            provider, model = "openai", None
             scen = state.take(None, path, generation=False)
         else:
             provider = "gemini" if gemini_model is not None else _GENERATORS[kind][0]
@@ -1483,8 +1870,14 @@ def _make_handler(state: UpstreamState):
         denied = _check_auth(state, request, provider, scen)
         if denied is not None:
             return denied
-        if kind not in ("models", "model") and not isinstance(body, dict):
+        if kind not in ("models", "model", *_STATEFUL) and not isinstance(body, dict):
+            if files is not None:
+                return _error_response(provider, 400, None, "We could not parse the form body of your request.")
             return _error_response(provider, 400, None, "We could not parse the JSON body of your request.")
+        if kind == "image_edits":
+            invalid = _edit_input_error(body, files or [])
+            if invalid is not None:
+                return invalid
         required = _REQUIRED.get("gemini" if gemini_model is not None else kind, ())
         for key in required:
             if key not in body:
@@ -1513,7 +1906,9 @@ def _make_handler(state: UpstreamState):
             return _models(request, provider)
         if kind == "model":
             return _json_response(_model(path.rsplit("/", 1)[-1], provider))
-        call = _Call(state, request, provider, body, model, scen)
+        if kind in _STATEFUL:
+            return await _stored(state, request, kind)
+        call = _Call(state, request, provider, body, model, scen, files)
         if gemini_model is not None:
             return await _gemini(call, stream=(kind == "gemini_stream"))
         return await _GENERATORS[kind][1](call)
@@ -1541,15 +1936,19 @@ def _default_error_usage(provider: str, kind: str, body: dict[str, Any]) -> dict
     return _chat_usage(_Tokens(_chat_prompt(body), 0))
 
 
-def _record(request: web.Request, body: Any) -> dict[str, Any]:
-    return {
+def _record(request: web.Request, body: Any, files: list[_Upload] | None = None) -> dict[str, Any]:
+    rec = {
         "method": request.method,
         "path": request.path,
         "query": dict(request.query),
         "headers": {k.lower(): v for k, v in request.headers.items()},
-        "json": body,
+        "json": body if files is None else None,
         "time": time.time(),
     }
+    if files is not None:  # multipart: the text fields, and what each file was (never its bytes)
+        rec["form"] = body
+        rec["files"] = [f.to_dict() for f in files]
+    return rec
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1583,6 +1982,8 @@ class FakeUpstream:
         record: bool = True,
         max_records: int = 200,
         api_key: str | None = None,
+        max_responses: int = 1000,
+        background_delay_ms: float = 200,
     ) -> None:
         self.host = host
         self.port = port
@@ -1593,6 +1994,8 @@ class FakeUpstream:
             record=record,
             max_records=max_records,
             api_key=api_key,
+            max_responses=max_responses,
+            background_delay_ms=background_delay_ms,
         )
         self.app = make_app(self.state)
         self._runner: web.AppRunner | None = None
@@ -1701,7 +2104,7 @@ class FakeUpstream:
         return self.state.add(scen)
 
     def reset(self) -> None:
-        """Forget queued scenarios, recorded requests and opened gates."""
+        """Forget queued scenarios, recorded requests, opened gates and stored responses."""
         self.state.reset()
 
     def open_gate(self, name: str) -> None:
@@ -1711,13 +2114,25 @@ class FakeUpstream:
     def waiting_at(self, name: str) -> int:
         return self.state.waiting_at(name)
 
-    def configure(self, *, latency_ms: float | None = None, chunks: int | None = None, chunk_delay_ms=None):
+    def configure(
+        self,
+        *,
+        latency_ms: float | None = None,
+        chunks: int | None = None,
+        chunk_delay_ms=None,
+        background_delay_ms: float | None = None,
+        max_responses: int | None = None,
+    ):
         if latency_ms is not None:
             self.state.latency_ms = latency_ms
         if chunks is not None:
             self.state.set_chunks(chunks)
         if chunk_delay_ms is not None:
             self.state.chunk_delay_ms = chunk_delay_ms
+        if background_delay_ms is not None:
+            self.state.background_delay_ms = background_delay_ms
+        if max_responses is not None:
+            self.state.max_responses = max_responses
 
 
 async def serve(host: str = "127.0.0.1", port: int = 0, **opts: Any) -> FakeUpstream:
