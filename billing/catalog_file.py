@@ -38,10 +38,11 @@ DEFAULT_CATALOG_PATH = Path(settings.BASE_DIR) / "fixtures" / "catalog.toml"
 
 DEMO_ROUTE_NAME = "demo"
 DEMO_SECRET = "demo"  # the offline demo upstream accepts any key  # noqa: S105 - not a secret
-# Wire formats the demo upstream speaks that the gateway has a provider for: a model whose file
-# routes use one of them keeps it in the demo (Claude on /v1/messages, passed through); others
-# (Gemini, until its provider lands) go through the OpenAI-compatible format.
-DEMO_NATIVE_PROVIDERS = ("openai", "anthropic")
+# Wire formats the demo upstream speaks that the gateway has a provider for: a model keeps its file
+# routes' provider in the demo (Claude on /v1/messages, Gemini on generateContent), so that a
+# newcomer offline exercises the same translations as production; any other provider would go
+# through the OpenAI-compatible format.
+DEMO_NATIVE_PROVIDERS = ("openai", "anthropic", "gemini")
 
 _PG_INT_MAX = 2_147_483_647  # PositiveIntegerField is a PostgreSQL integer
 _DECIMAL_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
@@ -423,8 +424,9 @@ def _load_model(
             provider = Route.Provider.OPENAI.value
         demo = {
             "provider": provider,
-            # Anthropic's base URL has no /v1 (its provider adds /v1/messages), OpenAI's has.
-            "base_url": demo_url.removesuffix("/v1") if provider == "anthropic" else demo_url,
+            # Anthropic's and Google's base URLs have no /v1 (their providers add /v1/messages and
+            # /v1beta/models/…), OpenAI's has.
+            "base_url": demo_url if provider == "openai" else demo_url.removesuffix("/v1"),
             "upstream_model": spec.name,
             "secret_env": "",
             "priority": 1,

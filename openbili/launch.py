@@ -169,8 +169,13 @@ def main() -> int:
         wait_for_port(host if host != "0.0.0.0" else "127.0.0.1", port)  # noqa: S104
         if demo:
             print(banner(host, port, demo), flush=True)
-        # No Celery worker here: run the periodic jobs (sweeper, probes) from this loop instead.
-        schedule = {"sweep": 60.0, "probe": float(env.get("OPENBILI_PROBE_INTERVAL_SECONDS", "300"))}
+        # No Celery worker here: run the periodic jobs (sweeper, probes, image expiry) from this
+        # loop instead; each is the management command of that name.
+        schedule = {
+            "sweep": 60.0,
+            "probe": float(env.get("OPENBILI_PROBE_INTERVAL_SECONDS", "300")),
+            "images_expire": 600.0,
+        }
         due = {job: time.monotonic() + every for job, every in schedule.items()}
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
@@ -195,18 +200,23 @@ def main() -> int:
 
 def banner(host: str, port: int, demo: dict) -> str:
     base = f"http://{host}:{port}"
+    auth = '-H "Authorization: Bearer $OPENBILI_API_KEY" -H "Content-Type: application/json"'
     return f"""
 Openbili is running at {base}  (Ctrl-C stops it)
 
   Demo API key (saved in var/demo-key, $10 of demo credit):
     export OPENBILI_API_KEY={demo["key"]}
 
+  Every entry point, one line each (the demo upstream answers offline; demo prices are charged):
   curl {base}/v1/models -H "Authorization: Bearer $OPENBILI_API_KEY"
-  curl {base}/v1/chat/completions -H "Authorization: Bearer $OPENBILI_API_KEY" \\
-       -H "Content-Type: application/json" \\
-       -d '{{"model": "gpt-5", "messages": [{{"role": "user", "content": "Hello from Openbili"}}]}}'
-  curl {base}/v1/messages -H "x-api-key: $OPENBILI_API_KEY" -H "Content-Type: application/json" \\
-       -d '{{"model": "claude-sonnet-4-6", "max_tokens": 256, "messages": [{{"role": "user", "content": "Hi"}}]}}'
+  curl {base}/v1/chat/completions {auth} -d '{{"model": "gpt-5", "messages": [{{"role": "user", "content": "Hi"}}]}}'
+  curl {base}/v1/chat/completions {auth} -d '{{"model": "gemini-3.1-flash-image-preview", "messages": [{{"role": "user", "content": "Draw a fox"}}]}}'
+  curl {base}/v1/responses {auth} -d '{{"model": "claude-sonnet-4-6", "input": "Hi"}}'
+  curl {base}/v1/messages {auth} -d '{{"model": "claude-sonnet-4-6", "max_tokens": 256, "messages": [{{"role": "user", "content": "Hi"}}]}}'
+  curl {base}/v1/messages/count_tokens {auth} -d '{{"model": "claude-sonnet-4-6", "messages": [{{"role": "user", "content": "Hi"}}]}}'
+  curl {base}/v1/images/generations {auth} -d '{{"model": "gpt-image-2", "prompt": "A red fox"}}'
+  curl {base}/v1/images/generations {auth} -d '{{"model": "gemini-3-pro-image-preview", "prompt": "A red fox"}}'
+  curl {base}/v1/images/edits -H "Authorization: Bearer $OPENBILI_API_KEY" -F model=gpt-image-2 -F prompt="Make it blue" -F image=@fox.png
 
   OpenAI SDK:     OpenAI(api_key=os.environ["OPENBILI_API_KEY"], base_url="{base}/v1")
   Anthropic SDK:  Anthropic(api_key=os.environ["OPENBILI_API_KEY"], base_url="{base}")

@@ -1,5 +1,6 @@
 """Settings, read from the environment. Every variable and its default is listed in the README."""
 
+import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -181,6 +182,36 @@ SPECTACULAR_SETTINGS = {
 # A hold that was never settled (its request died) is released by the sweeper after this many seconds.
 OPENBILI_HOLD_TTL_SECONDS = int(os.environ.get("OPENBILI_HOLD_TTL_SECONDS", "900"))
 
+# Stored images (POST /v1/images/generations, usage/images.py). An image an upstream returns as
+# bytes is kept in the storage alias "openbili_images" and handed out as a capability URL,
+# {OPENBILI_PUBLIC_BASE_URL}/v1/images/files/<token>.<ext>, served by the gateway until it expires.
+# The default keeps the files on local disk under var/images, which nothing else serves (not the
+# static files, not MEDIA_URL); any Django storage backend can replace it, e.g. django-storages'
+# S3 (`pip install openbili[s3]`): OPENBILI_IMAGE_STORAGE_BACKEND=storages.backends.s3.S3Storage
+# and OPENBILI_IMAGE_STORAGE_OPTIONS='{"bucket_name": "…", "querystring_auth": true}'. A backend
+# without a local path() is answered with a 302 to its url(), signed for at most the time left.
+OPENBILI_IMAGE_STORAGE_BACKEND = os.environ.get(
+    "OPENBILI_IMAGE_STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage"
+)
+# The backend's OPTIONS as a JSON object; for the default, the directory and private file modes.
+OPENBILI_IMAGE_STORAGE_OPTIONS = json.loads(os.environ.get("OPENBILI_IMAGE_STORAGE_OPTIONS") or "{}")
+if OPENBILI_IMAGE_STORAGE_BACKEND == "django.core.files.storage.FileSystemStorage":
+    OPENBILI_IMAGE_STORAGE_OPTIONS = {
+        "location": VAR_DIR / "images",
+        "file_permissions_mode": 0o600,
+        "directory_permissions_mode": 0o700,
+        **OPENBILI_IMAGE_STORAGE_OPTIONS,
+    }
+STORAGES["openbili_images"] = {"BACKEND": OPENBILI_IMAGE_STORAGE_BACKEND, "OPTIONS": OPENBILI_IMAGE_STORAGE_OPTIONS}
+# How long an image URL works; the sweeper (`manage.py images_expire`, every 10 minutes) then
+# deletes the file and its row.
+OPENBILI_IMAGE_TTL_SECONDS = int(os.environ.get("OPENBILI_IMAGE_TTL_SECONDS", "86400"))
+# An upstream image larger than this is refused (502 upstream_error), not stored.
+OPENBILI_IMAGE_MAX_BYTES = int(os.environ.get("OPENBILI_IMAGE_MAX_BYTES", str(50 * 1024 * 1024)))
+# The scheme and host of image URLs, e.g. https://api.example.com, when the gateway sits behind a
+# proxy; empty: taken from each request (its Host header, and X-Forwarded-Proto with OPENBILI_HTTPS).
+OPENBILI_PUBLIC_BASE_URL = os.environ.get("OPENBILI_PUBLIC_BASE_URL", "").rstrip("/")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -191,6 +222,7 @@ LOGGING = {
 
 CELERY_BEAT_SCHEDULE = {
     "requests-sweep": {"task": "usage.tasks.requests_sweep", "schedule": 60.0},
+    "images-expire": {"task": "usage.tasks.images_expire", "schedule": 600.0},
     "routes-probe": {
         "task": "usage.tasks.routes_probe",
         "schedule": float(os.environ.get("OPENBILI_PROBE_INTERVAL_SECONDS", "300")),

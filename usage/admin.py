@@ -1,4 +1,5 @@
-"""Usage rows in the admin: read-only, searchable by request_id, trace_id, key prefix, account, model."""
+"""Usage rows and stored images in the admin: read-only; usage rows searchable by request_id, trace_id,
+key prefix, account, model."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from django.utils.html import format_html
 
 from billing.admin import IdSearchMixin, ViewOnlyAdmin, usd
 from billing.keys import KEY_START, PREFIX_LENGTH
-from usage.models import UsageRecord
+from usage.models import StoredImage, UsageRecord
 
 
 def w3c_trace_id(term: str) -> str | None:
@@ -135,3 +136,20 @@ class UsageRecordAdmin(IdSearchMixin, ViewOnlyAdmin):
         if not obj.attempts:
             return "-"
         return format_html("<pre>{}</pre>", json.dumps(obj.attempts, indent=2, ensure_ascii=False, default=str))
+
+
+@admin.register(StoredImage)
+class StoredImageAdmin(IdSearchMixin, ViewOnlyAdmin):
+    """Metadata only. The image URL's token is not stored anywhere (only a hash of it, not shown), so
+    operators cannot open a customer's image from here."""
+
+    list_display = ["created_at", "request_id", "account", "content_type", "size_bytes", "expires_at"]
+    list_filter = ["content_type"]
+    list_select_related = ["account"]
+    search_fields = ["request_id__exact", "account__name"]
+    search_help_text = "request_id (req_…) or account name."
+    exact_search_prefixes = (("req_", "request_id"),)
+    date_hierarchy = "created_at"
+    ordering = ["-created_at", "-id"]
+    show_full_result_count = False
+    fields = ["request_id", "account", "content_type", "size_bytes", "storage_name", "created_at", "expires_at"]

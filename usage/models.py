@@ -103,10 +103,19 @@ class UsageRecord(models.Model):
         default=list, blank=True, help_text="Upstream attempts under this trace: route, status, error, timing."
     )
     user_agent = models.CharField(max_length=200, blank=True)
+    response_id = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="The upstream's id of a stored Responses API response: how the gateway knows it is this "
+        "account's (GET /v1/responses/{id}, previous_response_id) and which route holds it.",
+    )
 
     class Meta:
         indexes = [
             models.Index(fields=["trace_id"], name="usage_trace_id"),
+            models.Index(fields=["account", "response_id"], name="usage_response_id", condition=~Q(response_id="")),
             models.Index(fields=["account", "-started_at"], name="usage_account_time"),
             models.Index(fields=["api_key", "-started_at"], name="usage_key_time"),
         ]
@@ -120,3 +129,36 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model_requested} {self.status} {self.billing_result}"
+
+
+class StoredImage(models.Model):
+    """An image an upstream returned as bytes, kept for a while behind a capability URL
+    (usage/images.py). The URL's token is never stored: only its SHA-256, so neither a database
+    dump nor an operator can rebuild a working URL. The file's storage name is a separate random id."""
+
+    account = models.ForeignKey(
+        "billing.Account", on_delete=models.PROTECT, related_name="stored_images", db_index=False
+    )  # stored_image_account_time
+    request_id = models.CharField(max_length=64, help_text="The request that generated the image.")
+    token_sha256 = models.BinaryField(max_length=32, help_text="SHA-256 of the URL's token (the token is not kept).")
+    storage_name = models.CharField(max_length=255, help_text="Name in the openbili_images storage.")
+    content_type = models.CharField(max_length=32)
+    size_bytes = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["expires_at"], name="stored_image_expires"),
+            models.Index(fields=["request_id"], name="stored_image_request"),
+            models.Index(fields=["account", "-created_at"], name="stored_image_account_time"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["token_sha256"], name="stored_image_token_unique"),
+            models.CheckConstraint(
+                condition=Q(expires_at__gt=models.F("created_at")), name="stored_image_expires_later"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.content_type} {self.size_bytes} B"

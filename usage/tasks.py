@@ -4,7 +4,7 @@ import psycopg
 from celery import shared_task
 from django.db import OperationalError
 
-from usage import services
+from usage import images, services
 
 
 @shared_task(bind=True, acks_late=True, max_retries=3)
@@ -18,3 +18,12 @@ def requests_sweep(self) -> int:
 @shared_task(acks_late=True)
 def routes_probe() -> int:
     return sum(ok for _, ok in services.routes_probe())
+
+
+@shared_task(bind=True, acks_late=True, max_retries=3)
+def images_expire(self) -> int:
+    """Delete expired stored images (files, then rows); idempotent, any number may run at once."""
+    try:
+        return images.expire_images()
+    except (OperationalError, psycopg.OperationalError) as exc:  # transient database trouble: try again soon
+        raise self.retry(exc=exc, countdown=30) from exc

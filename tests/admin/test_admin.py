@@ -40,7 +40,7 @@ from tests.factories import (
     UserFactory,
     make_visible_model,
 )
-from usage.models import UsageRecord
+from usage.models import StoredImage, UsageRecord
 
 SECRET_RE = re.compile(r"sk-ob-[A-Za-z0-9_-]{43}")
 _seq = itertools.count(1)
@@ -109,6 +109,20 @@ def build_usage():
     )
 
 
+def build_stored_image() -> StoredImage:
+    now, n = timezone.now(), next(_seq)
+    return StoredImage.objects.create(
+        account=AccountFactory(),
+        request_id=f"req_{n:032x}",
+        token_sha256=n.to_bytes(32, "big"),
+        storage_name="2026/01/01/0123456789abcdef0123456789abcdef.png",
+        content_type="image/png",
+        size_bytes=1234,
+        created_at=now,
+        expires_at=now + timedelta(days=1),
+    )
+
+
 BUILDERS = {
     Account: lambda: AccountFactory(credit=Decimal("10")),
     LedgerEntry: lambda: AccountFactory(credit=Decimal("5")).ledger_entries.get(),
@@ -120,6 +134,7 @@ BUILDERS = {
     PriceSnapshot: lambda: build_price_version().snapshots.get(),
     Probe: lambda: services.probe_record(route=RouteFactory(), ok=False, status_code=503, error="upstream down"),
     UsageRecord: build_usage,
+    StoredImage: build_stored_image,
     Group: lambda: Group.objects.create(name=f"group {next(_seq)}"),
 }
 BUILDERS[UserFactory._meta.model] = UserFactory
@@ -131,7 +146,7 @@ BUILDERS[AccessFailureLog] = lambda: AccessFailureLog.objects.create(
     username=f"user{next(_seq)}", ip_address="198.51.100.7", user_agent="test", locked_out=False
 )
 
-VIEW_ONLY = [LedgerEntry, Hold, PriceSnapshot, Probe, UsageRecord]
+VIEW_ONLY = [LedgerEntry, Hold, PriceSnapshot, Probe, UsageRecord, StoredImage]
 REGISTERED = sorted(admin.site._registry, key=lambda model: model._meta.label)
 
 

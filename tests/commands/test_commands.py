@@ -390,11 +390,12 @@ def test_catalog_load_demo_upstream_adds_one_encrypted_demo_route_per_model_and_
     demo_routes = Route.objects.filter(name="demo")
     assert demo_routes.count() == 9
     for route in demo_routes.select_related("model"):
-        # Claude keeps Anthropic's format (passed through on /v1/messages); the others speak OpenAI's
-        claude = route.model.name.startswith("claude")
+        # Each model keeps its provider's format (Claude on /v1/messages, Gemini on generateContent),
+        # so the demo exercises the real pass-through and translation paths
+        provider = route.model.owned_by.replace("google", "gemini")
         assert (route.provider, route.base_url, route.upstream_model) == (
-            "anthropic" if claude else "openai",
-            "http://127.0.0.1:18181" if claude else "http://127.0.0.1:18181/v1",
+            provider,
+            "http://127.0.0.1:18181/v1" if provider == "openai" else "http://127.0.0.1:18181",
             route.model.name,
         )
         assert (route.priority, route.active, route.secret_env) == (1, True, "")

@@ -4,14 +4,16 @@ the chat → Gemini translation → the fake upstream's native generateContent /
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import openai
 import pytest
 
 from billing import money
+from openbili.fake_upstream.server import PNG_B64
 from tests.factories import CatalogModelFactory, make_visible_model
-from tests.gateway.support import assert_ledger, assert_sdk_error, rejected, row_cost
+from tests.gateway.support import assert_ledger, assert_sdk_error, row_cost
 from usage.models import UsageRecord
 
 GEMINI = "gemini-2.5-flash"
@@ -83,14 +85,77 @@ def test_gemini_rate_limits_reach_the_client_as_429_with_retry_after(gemini):
     assert_ledger(gemini.account.pk, spent=0)
 
 
-def test_messages_on_a_gemini_only_model_is_not_served_yet(gemini):
-    response = gemini.post("/v1/messages", json={"model": GEMINI, "max_tokens": 10, "messages": HELLO})
-    assert response.status_code == 400
-    body = response.json()
-    assert body["type"] == "error" and body["error"]["code"] == "model_not_supported_for_endpoint"
-    rejected(gemini, body["request_id"], 400, "invalid_request", "model_not_supported_for_endpoint")
+def test_messages_on_a_gemini_route_with_the_anthropic_sdk(gemini):
+    gemini.upstream.script(tokens={"prompt": 11, "completion": 6})
+    raw = gemini.anthropic(timeout=20).messages.with_raw_response.create(
+        model=GEMINI, max_tokens=64, system="Be brief.", messages=HELLO
+    )
+    message = raw.parse()
+    assert message.content[0].type == "text" and message.content[0].text and message.model == GEMINI
+    assert (message.stop_reason, message.usage.input_tokens, message.usage.output_tokens) == ("end_turn", 11, 6)
+    call = gemini.upstream.last_request
+    assert call["path"] == "/v1beta/models/gemini-up:generateContent"
+    assert call["json"]["systemInstruction"]["parts"] == [{"text": "Be brief."}]
+    row = gemini.row(raw.headers["x-request-id"])
+    assert (row.endpoint, row.billing_result, row.input_tokens, row.output_tokens) == ("/v1/messages", "billed", 11, 6)
+    assert row.cost_usd == row_cost(row) > 0
+    assert_ledger(gemini.account.pk, spent=row.cost_usd)
+
+
+def test_a_messages_stream_on_a_gemini_route_accumulates_in_the_sdk(gemini):
+    gemini.upstream.script(tokens={"prompt": 4, "completion": 3})
+    with gemini.anthropic(timeout=20).messages.stream(model=GEMINI, max_tokens=64, messages=HELLO) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text and final.content[0].text == text
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (4, 3)
+    row = UsageRecord.objects.filter(account=gemini.account, endpoint="/v1/messages").get()
+    assert (row.billing_result, row.stream, row.output_reached_client) == ("billed", True, True)
+
+
+def test_a_tool_call_with_an_image_in_on_a_gemini_route(gemini):
+    """Chat with an image part and a tool: the image goes up as inlineData, the functionCall comes
+    back as a Chat tool call the SDK parses, and the tool result goes back as a functionResponse."""
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "describe",
+                "description": "Describe a picture",
+                "parameters": {"type": "object", "properties": {"animal": {"type": "string"}}},
+            },
+        }
+    ]
+    image = "data:image/png;base64," + PNG_B64
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": image}}],
+        }
+    ]
+    gemini.upstream.script(tool_call={"name": "describe", "arguments": {"animal": "fox"}})
+    first = gemini.openai().chat.completions.create(model=GEMINI, messages=messages, tools=tools)
+    call = first.choices[0].message.tool_calls[0]
+    assert (first.choices[0].finish_reason, call.function.name) == ("tool_calls", "describe")
+    assert json.loads(call.function.arguments) == {"animal": "fox"}
+    parts = gemini.upstream.last_request["json"]["contents"][0]["parts"]
+    assert parts[1] == {"inlineData": {"mimeType": "image/png", "data": PNG_B64}}
+    follow = [
+        *messages,
+        {"role": "assistant", "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "A red fox"},
+    ]
+    second = gemini.openai().chat.completions.create(model=GEMINI, messages=follow, tools=tools)
+    assert second.choices[0].message.content
+    contents = gemini.upstream.last_request["json"]["contents"]
+    assert contents[-1]["parts"][0]["functionResponse"]["name"] == "describe"
 
 
 def test_the_gemini_model_lists_its_endpoints(gemini):
     model = gemini.openai().models.retrieve(GEMINI)
-    assert model.model_extra["endpoints"] == ["/v1/chat/completions"]
+    assert model.model_extra["endpoints"] == [
+        "/v1/chat/completions",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/responses",
+    ]

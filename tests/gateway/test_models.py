@@ -145,7 +145,7 @@ def test_the_list_says_what_each_model_serves_costs_and_holds(claude):
     models = {model.id: model.model_extra for model in page.data}
     # then each carries its entry points, limits, modalities and exact USD prices, beside OpenAI's fields
     gpt5 = models["gpt-5"]
-    assert gpt5["endpoints"] == ["/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens"]
+    assert gpt5["endpoints"] == ["/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses"]
     assert (gpt5["context_window"], gpt5["max_output_tokens"]) == (400_000, 128_000)
     assert (gpt5["input_modalities"], gpt5["output_modalities"]) == (["text", "image"], ["text"])
     assert gpt5["pricing"] == {
@@ -157,10 +157,11 @@ def test_the_list_says_what_each_model_serves_costs_and_holds(claude):
         "per_image": "0",
         "per_request": "0",
     }
-    assert models[CLAUDE]["endpoints"] == gpt5["endpoints"]  # Messages passes through, chat is translated
+    assert models[CLAUDE]["endpoints"] == gpt5["endpoints"]  # Messages passes through, chat and Responses translated
     assert models[CLAUDE]["pricing"]["cache_write_per_mtok"] == "3.75"
     image = models["gpt-image-2"]
-    assert (image["kind"], image["endpoints"], image["output_modalities"]) == ("image", [], ["image"])
+    assert (image["kind"], image["output_modalities"]) == ("image", ["image"])
+    assert image["endpoints"] == ["/v1/images/generations", "/v1/images/edits"]  # not chat: its route cannot
     assert image["pricing"]["per_image"] == "0.04"
     # and the one-model call says the same
     assert claude.openai().models.retrieve(CLAUDE).model_extra["endpoints"] == gpt5["endpoints"]

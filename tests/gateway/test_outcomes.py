@@ -40,7 +40,7 @@ from tests.gateway.support import (
 )
 from tests.gateway_fixtures import CLAUDE, CLAUDE_PRICES, GPT_PRICES
 from usage.gateway import lifecycle
-from usage.gateway.providers import PROVIDERS
+from usage.gateway.providers import provider_for
 from usage.gateway.translate import TRANSLATIONS
 from usage.models import UsageRecord
 
@@ -672,14 +672,14 @@ def test_translation_request_raising_releases_the_hold(claude, monkeypatch, fmt,
 
 @pytest.mark.parametrize(("fmt", "model", "stream"), MIXED_OTHER)
 def test_provider_call_raising_releases_the_hold(claude, monkeypatch, fmt, model, stream):
-    monkeypatch.setattr(PROVIDERS[PROVIDER[model]], "call", boom)
+    monkeypatch.setattr(provider_for(PROVIDER[model]), "call", boom)
     claude.upstream.script(tokens=TOKENS)
     assert_platform_error(claude, fmt, model, stream=stream, attempts=[], upstream_calls=0)
 
 
 @pytest.mark.parametrize(("fmt", "model"), ROUTES)
 def test_provider_reply_raising_releases_the_hold(claude, monkeypatch, fmt, model):
-    monkeypatch.setattr(PROVIDERS[PROVIDER[model]], "reply", boom)
+    monkeypatch.setattr(provider_for(PROVIDER[model]), "reply", boom)
     claude.upstream.script(tokens=TOKENS)
     assert_platform_error(claude, fmt, model, stream=False, attempts=[(1, 200, "")], upstream_calls=1)
 
@@ -709,7 +709,7 @@ def test_translation_response_raising_releases_the_hold(claude, monkeypatch, fmt
 @pytest.mark.parametrize(("fmt", "model"), ROUTES)
 def test_stream_reader_raising_mid_stream_bills_the_output_sent(claude, monkeypatch, fmt, model):
     # given a reader that fails on the chunk after the first one that carried text
-    reader_class = type(PROVIDERS[PROVIDER[model]].reader())
+    reader_class = type(provider_for(PROVIDER[model]).reader())
     original = reader_class.feed
 
     def feed(self, data):
@@ -761,7 +761,7 @@ def exploding_stream(real, fmt: str, *, pieces: int):
 
 
 def capture_readers(monkeypatch, model: str) -> list:
-    provider = PROVIDERS[PROVIDER[model]]
+    provider = provider_for(PROVIDER[model])
     original, readers = provider.reader, []
 
     def reader():

@@ -14,15 +14,21 @@ from __future__ import annotations
 import logging
 
 from openbili.core.errors import OpenbiliError
+from usage import images as image_store
 from usage.gateway import lifecycle
 from usage.gateway.context import Ctx, MethodNotAllowed, NotFoundUrl
-from usage.gateway.endpoints import chat, messages, models
+from usage.gateway.endpoints import chat, images, messages, models, responses, stored
 from usage.gateway.endpoints.base import Endpoint
 from usage.gateway.state import GatewayState
 
 log = logging.getLogger("openbili.gateway")
 
-GENERATING: dict[str, Endpoint] = {endpoint.path: endpoint for endpoint in (chat.ENDPOINT, messages.ENDPOINT)}
+GENERATING: dict[str, Endpoint] = {
+    endpoint.path: endpoint
+    for endpoint in (chat.ENDPOINT, messages.ENDPOINT, responses.ENDPOINT, images.GENERATIONS, images.EDITS)
+}
+STORED = "/v1/responses/"
+IMAGE_FILES = "/v1/images/files/"
 
 
 class Gateway:
@@ -66,6 +72,16 @@ class Gateway:
                     raise MethodNotAllowed(f"{method} is not allowed on {path}.")
                 model_id = path[len("/v1/models/") :] if path.startswith("/v1/models/") else None
                 await models.handle(self.state, ctx, send, model_id=model_id)
+            elif scope["path"].startswith(IMAGE_FILES):  # no key: the URL is the capability
+                await image_store.serve_image(self.state, ctx, send, scope["path"][len(IMAGE_FILES) :], method=method)
+            elif path.startswith(STORED):
+                response_id, _, rest = path[len(STORED) :].partition("/")
+                suffix = f"/{rest}" if rest else ""
+                if suffix not in ("", "/cancel", "/input_items"):
+                    raise NotFoundUrl(f"Unknown URL: {method[:20]} {path[:200]}.")
+                if (method, suffix) not in stored.OPERATIONS:
+                    raise MethodNotAllowed(f"{method} is not allowed on /v1/responses/{{id}}{suffix}.")
+                await stored.handle(self.state, ctx, send, method, response_id, suffix, scope.get("query_string", b""))
             else:
                 shown = scope["path"] if len(scope["path"]) <= 200 else scope["path"][:200] + "…"
                 raise NotFoundUrl(f"Unknown URL: {method[:20]} {shown}.")

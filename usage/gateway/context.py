@@ -64,6 +64,7 @@ class Ctx:
         "response_started",
         "row",
         "row_written",
+        "scope",
         "started_at",
         "trace_id",
     )  # fmt: skip
@@ -73,6 +74,7 @@ class Ctx:
         self.request_id = "req_" + uuid.uuid4().hex
         self.trace_id = trace_id_from(self.headers.get("traceparent"))
         self.endpoint = db_text(scope["path"], 64)
+        self.scope = scope  # the ASGI scope, for what few need beyond the headers (an image URL's host)
         self.started_at = now_utc()
         self.key: KeyInfo | None = None
         self.row: dict | None = None
@@ -128,6 +130,7 @@ class Ctx:
             "finished_at": None,
             "attempts": "[]",
             "user_agent": self.headers.get("user-agent", b"").decode("latin-1")[:200],
+            "response_id": "",
         }
         return self.row
 

@@ -57,12 +57,12 @@ from usage.gateway.context import (
     write_rejection,
 )
 from usage.gateway.endpoints.base import MAX_RECORDED_TOKENS, Endpoint, Parsed, estimate_tokens
-from usage.gateway.endpoints.served import require_served
+from usage.gateway.endpoints.served import adapter_for, require_served
 from usage.gateway.outbox import UNREACHABLE, lost_reserve_row
 from usage.gateway.providers import provider_for
 from usage.gateway.providers.base import Provider, StreamReader, UpstreamFailure
 from usage.gateway.state import GatewayState, ModelInfo, RouteInfo
-from usage.gateway.translate import Translation, translation_for
+from usage.gateway.translate import Translation
 
 log = logging.getLogger("openbili.gateway")
 
@@ -148,12 +148,13 @@ async def admit(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receive, send
     key = await authenticate(state, ctx)
     raw = await read_request(state, ctx, endpoint, receive)
     row = ctx.new_row()
-    body = parse_json_object(raw)
+    body = endpoint.parse(raw, ctx.headers.get("content-type", b"").decode("latin-1"))
     parsed = endpoint.validate(body)
     recorded = None if parsed.max_tokens is None else min(parsed.max_tokens, MAX_RECORDED_TOKENS)
     row.update(model_requested=db_text(parsed.model, 100), stream=parsed.stream, max_tokens_requested=recorded)
     model = resolve_model(await state.catalog(), key, parsed.model)
     require_served(model, endpoint.fmt, endpoint.path)
+    model = await endpoint.prepare(state, ctx, body, model)
     price = model.price_at(ctx.started_at)
     if price is None:
         raise ModelNotReady(f"The model '{parsed.model}' has no price yet.", param="model")
@@ -169,6 +170,7 @@ async def admit(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receive, send
         price.prices,
         max_input_tokens=endpoint.input_bound(raw, parsed, model),
         max_output_tokens=endpoint.output_bound(parsed, applied, model),
+        images=parsed.images_out,
     )
     call = Call(state, ctx, endpoint, send, receive, model, price.prices, body, raw, parsed, ttl=ttl)
     call.tpm_tokens = tpm_tokens
@@ -233,6 +235,7 @@ class Call:
         self.reader: StreamReader | None = None
         self.output_sent = False  # output bytes reached the client (the row's output_reached_client)
         self.mark_timer: asyncio.TimerHandle | None = None  # MARK_AFTER_SECONDS after the first byte
+        self.reply_data: dict | None = None  # a whole answer's parsed JSON
         self.settled = False
 
     async def reserve(self, amount) -> int | None:
@@ -304,14 +307,14 @@ class Call:
         for attempt in range(2):
             route = self.route_for(attempt)
             self.route = route
-            provider = provider_for(route.provider)
-            translation = translation_for(self.endpoint.fmt, provider.wire) if provider else None
-            if provider is None or (translation is None and provider.wire != self.endpoint.fmt):
+            adapter = adapter_for(route.provider, self.endpoint.fmt)
+            if adapter is None:
                 failure = UpstreamFailure(
                     UpstreamUnavailable(f"Provider '{route.provider}' cannot serve {self.endpoint.path} yet.")
                 )
                 self.record(route, None, failure.error.code, time.monotonic())
                 continue
+            provider, translation = adapter
             self.provider, self.translation = provider, translation
             # Each attempt starts from the client's body: a translation builds a new one, a
             # pass-through provider only sets top-level keys on its shallow copy.
@@ -392,19 +395,27 @@ class Call:
         if decoder is not None:
             data = decoder.decode(data)
         reply = self.provider.reply(data)
+        self.reply_data = reply.data
         if self.translation is None:
-            out = data  # pass-through: the upstream's bytes, untouched
+            translated = None  # pass-through: the upstream's bytes, untouched
         else:
             try:
                 if reply.data is None:
                     raise UpstreamError("the upstream returned a malformed response")
-                out = json.dumps(self.translation.response(reply.data)).encode()
+                translated = self.translation.response(reply.data, request=self.body)
             except Exception as exc:
                 # The upstream did the work (and bills us for what it reports): so does the row.
                 if not isinstance(exc, OpenbiliError):
                     log.exception("request_id=%s translating the reply failed", self.ctx.request_id)
                 error = exc if isinstance(exc, OpenbiliError) else OpenbiliError()
                 raise UpstreamOutcome(UpstreamFailure(error, usage=reply.usage)) from exc
+        try:
+            if self.translation is None:
+                out = await self.endpoint.deliver(self, reply.data, data)
+            else:
+                out = await self.endpoint.deliver(self, translated, None)
+        except OpenbiliError as exc:  # the platform failed to deliver it (e.g. storing an image): not billed
+            raise UpstreamOutcome(UpstreamFailure(exc)) from exc
         usage, estimated = reply.usage, False
         if usage is None:
             usage, estimated = self.estimate(reply.output_bytes), True
@@ -436,7 +447,13 @@ class Call:
         assert self.provider is not None
         reader = self.reader = self.provider.reader()
         decoder = decoder_for(response.headers)
-        translator = self.translation.stream(client_wants_usage=self.parsed.wants_usage) if self.translation else None
+        translator = (
+            self.translation.stream(client_wants_usage=self.parsed.wants_usage, request=self.body)
+            if self.translation
+            else None
+        )
+        finals = endpoint.final_events
+        held = b""  # the last event(s) of a Responses stream, sent once the bill is settled
         wants_usage = self.parsed.wants_usage
         ctx.response_started = True
         await self.send(
@@ -462,8 +479,13 @@ class Call:
                 began = began or bool(events)
                 if translator is None:
                     out = b"".join(e.raw for e in events if not e.final and (wants_usage or not e.hidden))
+                    if finals:
+                        held += b"".join(e.raw for e in events if e.final)
                 else:
-                    out = b"".join(endpoint.encode(client) for e in events for client in translator.feed(e))
+                    translated = [client for e in events for client in translator.feed(e)]
+                    out = b"".join(endpoint.encode(c) for c in translated if c.get("type") not in finals)
+                    if finals:
+                        held += b"".join(endpoint.encode(c) for c in translated if c.get("type") in finals)
                 if ctx.disconnected_at is not None:
                     break  # nobody to send to: what the upstream made so far never reached the client
                 if out:
@@ -502,7 +524,7 @@ class Call:
             if usage is None:
                 usage, estimated = self.estimate(reader.output_chars), True
             await self.settle(usage, billing_result="billed", status=200, estimated=estimated, output_reached=True)
-            await self.send({"type": "http.response.body", "body": endpoint.terminator, "more_body": False})
+            await self.send({"type": "http.response.body", "body": held + endpoint.terminator, "more_body": False})
             return
         # The upstream cut the stream (or sent an error event): bill what was consumed, then end the
         # client's stream with an error event and no terminator, so SDKs raise instead of succeeding.
@@ -662,6 +684,9 @@ class Call:
                     error_message=db_text(message, 500),
                     error_class=error_class or (STREAM_INTERRUPTED if status == 200 else "upstream_or_platform_error"),
                 )
+            if self.provider is not None and self.translation is None and self.body.get("store") is not False:
+                # A stored response: this row is how its id is known to be this account's (stored.py).
+                row["response_id"] = db_text(self.provider.stored_id(self.reply_data, self.reader), 100)
             if row["first_byte_at"] is None and output_reached:  # a whole answer, sent after the settle
                 row["first_byte_at"] = row["finished_at"]
             # Shielded: a client going away must not cancel the settle half-way through.

@@ -14,7 +14,7 @@ COLUMNS = (
     "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens",
     "image_count", "tokens_estimated", "max_tokens_requested", "max_tokens_applied", "cost_usd", "uncharged_usd",
     "billing_result", "price_snapshot_id", "output_reached_client", "client_disconnected_at", "started_at",
-    "first_byte_at", "finished_at", "attempts", "user_agent",
+    "first_byte_at", "finished_at", "attempts", "user_agent", "response_id",
 )  # fmt: skip
 
 # Types of the columns a batch sends (jsonb_to_recordset needs them spelled out).
@@ -28,7 +28,7 @@ TYPES = {
     "max_tokens_applied": "integer", "cost_usd": "numeric", "uncharged_usd": "numeric", "billing_result": "text",
     "price_snapshot_id": "bigint", "output_reached_client": "boolean", "client_disconnected_at": "timestamptz",
     "started_at": "timestamptz", "first_byte_at": "timestamptz", "finished_at": "timestamptz",
-    "attempts": "text", "user_agent": "text",  # attempts: a JSON document, cast where written
+    "attempts": "text", "user_agent": "text", "response_id": "text",  # attempts: JSON, cast where written
     # not usage columns: what the ledger needs
     "amount": "numeric", "ttl_seconds": "integer", "hold_id": "bigint", "cost": "numeric",
 }  # fmt: skip
@@ -67,6 +67,7 @@ PENDING_CONSTANTS = {
     "cached_input_tokens": "0", "cache_write_tokens": "0", "reasoning_tokens": "0", "image_count": "0",
     "tokens_estimated": "false", "cost_usd": "0", "uncharged_usd": "0", "billing_result": "'pending'", "output_reached_client": "false",
     "client_disconnected_at": "NULL", "first_byte_at": "NULL", "finished_at": "NULL", "attempts": "'[]'::jsonb",
+    "response_id": "''",
 }  # fmt: skip
 assert set(STARTING_COLUMNS) | set(PENDING_CONSTANTS) == set(COLUMNS)
 
@@ -105,10 +106,12 @@ FINAL_COLUMNS = (
     "route_id", "provider", "upstream_model", "status", "error_class", "error_code", "error_message",
     "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens",
     "image_count", "tokens_estimated", "output_reached_client", "client_disconnected_at",
-    "first_byte_at", "finished_at", "attempts",
+    "first_byte_at", "finished_at", "attempts", "response_id",
 )  # fmt: skip
 
-_SETS = ",\n       ".join(f"{c} = req.{c}::jsonb" if c == "attempts" else f"{c} = req.{c}" for c in FINAL_COLUMNS)
+# response_id may be absent from an item written before the column existed (the outbox): ''.
+_SET = {"attempts": "attempts = req.attempts::jsonb", "response_id": "response_id = COALESCE(req.response_id, '')"}
+_SETS = ",\n       ".join(_SET.get(c, f"{c} = req.{c}") for c in FINAL_COLUMNS)
 SETTLE_COLUMNS = ("request_id", "hold_id", "cost", "billing_result", *FINAL_COLUMNS)
 
 # Settle the holds of %(rows)s (SETTLE_ONE: one request's, as parameters) and finish their usage

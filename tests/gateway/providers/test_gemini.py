@@ -126,7 +126,8 @@ REPLY = {
             TokenUsage(input_tokens=170, output_tokens=270, reasoning_tokens=30),
         ),
         # Image generation guide (docs/image-generation): per-modality details break down the
-        # totals, they are not added to them (1290 tokens per 1024x1024 image)
+        # totals, they are not added to them (1290 tokens per 1024x1024 image). The image's own
+        # tokens are billed per image (the catalog's per_image), so only the 12 text tokens are output.
         (
             {
                 "promptTokenCount": 265,
@@ -141,7 +142,7 @@ REPLY = {
                     {"modality": "IMAGE", "tokenCount": 1290},
                 ],
             },
-            TokenUsage(input_tokens=265, output_tokens=1302),
+            TokenUsage(input_tokens=265, output_tokens=12),
         ),
         # a total absent but its breakdown present: the breakdown's sum
         (
@@ -381,12 +382,12 @@ def test_probe_call_is_a_free_models_get(kind):
     assert probe.body is None
 
 
-def test_registered_and_reached_from_chat_only():
-    """Chat completions reach the Gemini wire format through a translation; Messages not yet."""
+def test_registered_and_reached_through_translations():
+    """Every client format but image edits reaches the Gemini wire format through a translation."""
     assert isinstance(provider_for("gemini"), GeminiProvider)
-    assert translation_for("chat", GeminiProvider.wire) is not None
-    for fmt in ("messages", "responses", "images"):
-        assert translation_for(fmt, GeminiProvider.wire) is None
+    for fmt in ("chat", "messages", "responses", "images"):
+        assert translation_for(fmt, GeminiProvider.wire) is not None
+    assert translation_for("image_edits", GeminiProvider.wire) is None
 
 
 # --------------------------------------------------------------------------------------------------

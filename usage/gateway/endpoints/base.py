@@ -8,10 +8,13 @@ the error body, the stream's events, error event and terminator. The lifecycle
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from openbili.core.errors import InvalidRequest, OpenbiliError
+from usage.gateway.context import parse_json_object
 from usage.gateway.state import ModelInfo
 
 # The row's integer columns hold at most 2**31 - 1; a huge max_tokens is clamped, never rejected.
@@ -44,6 +47,7 @@ class Parsed:
     wants_usage: bool  # the client asked for usage in the stream (Messages: always)
     choices: int = 1  # Chat `n`: output is bounded per choice
     images: int = 0  # image parts (each adds IMAGE_TOKENS to the input bound)
+    images_out: int = 0  # images the request asks to generate (each held at the per-image price)
     unbounded_input: bool = False  # content fetched by URL of unknown size (a PDF): bound by the context
 
 
@@ -82,6 +86,13 @@ class Endpoint:
     # to the same bound so that one request's worst case is one figure for the whole process. The
     # three JSON endpoints keep the default; one that takes files (audio, batches) sets its own.
     max_body_bytes: int | None = None
+    # Translated stream events of these types end a successful stream: held back, like the
+    # terminator, until the bill is settled (Responses' response.completed carries the usage).
+    final_events: frozenset[str] = frozenset()
+
+    def parse(self, raw: bytes, content_type: str) -> dict:
+        """The request body as a dict (JSON here; the image edits endpoint reads multipart)."""
+        return parse_json_object(raw)
 
     def validate(self, body: dict) -> Parsed:
         raise NotImplementedError
@@ -98,6 +109,16 @@ class Endpoint:
 
     def output_bound(self, parsed: Parsed, applied: int | None, model: ModelInfo) -> int:
         return (applied or model.max_output_tokens) * parsed.choices
+
+    async def prepare(self, state: Any, ctx: Any, body: dict, model: ModelInfo) -> ModelInfo:
+        """After the model is resolved, before the hold: the model to serve the request with (its
+        routes narrowed, say, to the one that stored a conversation). Refusals raise."""
+        return model
+
+    async def deliver(self, call: Any, data: dict | None, out: bytes | None) -> bytes:
+        """The whole answer's bytes for the client: `out` when the upstream's passed through,
+        else `data` (the translated reply) encoded. The image endpoints store the images here."""
+        return out if out is not None else json.dumps(data).encode()
 
     def error_body(self, error: OpenbiliError, *, request_id: str, trace_id: str) -> bytes:
         raise NotImplementedError

@@ -1,9 +1,11 @@
 """Upstream providers by route provider: one module per upstream wire format (see base.py).
 
-Adding a provider is one module here (URL, auth, SSE framing, usage normalisation, errors, probe)
-plus, when its wire format is new, the translation pairs to the client formats (translate/).
-Gemini (wire "gemini") is reached from chat completions through translate/chat_to_gemini.py; a
-Gemini-only model serves no other client format yet (endpoints/served.py says so).
+A route names a provider ("openai", "anthropic", "gemini"); a provider may speak several wire
+formats (OpenAI: Chat Completions, Responses, Images), one adapter each. endpoints/served.py
+picks, for a client format, the adapter that speaks it (bytes pass through untouched) or else the first one a
+translation joins it to (translate/). Adding a provider is one module here (URL, auth, SSE
+framing, usage normalisation, errors, probe) plus, when its wire format is new, the translation
+pairs to the client formats.
 """
 
 from __future__ import annotations
@@ -11,12 +13,25 @@ from __future__ import annotations
 from usage.gateway.providers.anthropic import AnthropicProvider
 from usage.gateway.providers.base import Provider
 from usage.gateway.providers.gemini import GeminiProvider
-from usage.gateway.providers.openai import OpenAIProvider
+from usage.gateway.providers.openai import (
+    OpenAIImageEditsProvider,
+    OpenAIImagesProvider,
+    OpenAIProvider,
+    OpenAIResponsesProvider,
+)
 
-PROVIDERS: dict[str, Provider] = {
-    provider.name: provider for provider in (OpenAIProvider(), AnthropicProvider(), GeminiProvider())
+# The first adapter of each provider is its primary one: probes and token counting use it.
+PROVIDERS: dict[str, tuple[Provider, ...]] = {
+    "openai": (OpenAIProvider(), OpenAIResponsesProvider(), OpenAIImagesProvider(), OpenAIImageEditsProvider()),
+    "anthropic": (AnthropicProvider(),),
+    "gemini": (GeminiProvider(),),
 }
 
 
 def provider_for(name: str) -> Provider | None:
-    return PROVIDERS.get(name)
+    adapters = PROVIDERS.get(name)
+    return adapters[0] if adapters else None
+
+
+def adapters_of(name: str) -> tuple[Provider, ...]:
+    return PROVIDERS.get(name, ())

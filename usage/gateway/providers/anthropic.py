@@ -28,7 +28,15 @@ from openbili.core.errors import (
     UpstreamUnavailable,
 )
 from usage.gateway.errors import retry_after_seconds
-from usage.gateway.providers.base import BlankLineReader, Event, Provider, Reply, UpstreamCall, UpstreamFailure
+from usage.gateway.providers.base import (
+    BlankLineReader,
+    Event,
+    Provider,
+    Reply,
+    UpstreamCall,
+    UpstreamFailure,
+    sse_fields,
+)
 
 API_VERSION = "2023-06-01"  # what the official SDKs send; a client's own header wins
 MESSAGE_LIMIT = 300  # upstream messages shown to customers are shortened to this many characters
@@ -133,23 +141,12 @@ class AnthropicReader(BlankLineReader):
         self._usage: dict[str, Any] = {}  # the raw usage so far: message_start's, updated by each message_delta
 
     def _event(self, raw: bytes) -> Event:
-        name_bytes = b""
-        payload: list[bytes] = []
-        for line in raw.splitlines():
-            if not line or line[0] == 0x3A:  # blank, or a ":" comment
-                continue
-            field, _, value = line.partition(b":")
-            if value[:1] == b" ":
-                value = value[1:]
-            if field == b"data":
-                payload.append(value)
-            elif field == b"event":
-                name_bytes = value
+        name_bytes, payload = sse_fields(raw)
         name = _NAMES.get(name_bytes) or name_bytes.decode("utf-8", "replace")
         data: dict | None = None
-        if payload:
+        if payload is not None:
             try:
-                parsed = json.loads(payload[0] if len(payload) == 1 else b"\n".join(payload))
+                parsed = json.loads(payload)
             except ValueError:
                 parsed = None
             if isinstance(parsed, dict):

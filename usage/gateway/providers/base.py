@@ -11,8 +11,9 @@ Usage is normalised once, here (billing.money.TokenUsage): `input_tokens` exclud
 cache writes. OpenAI counts cached tokens inside prompt_tokens; Anthropic reports
 cache_read_input_tokens and cache_creation_input_tokens beside input_tokens.
 
-Wire formats (`Provider.wire`, and an endpoint's `fmt`): "chat" (OpenAI Chat Completions) and
-"messages" (Anthropic Messages).
+Wire formats (`Provider.wire`, and an endpoint's `fmt`): "chat" (OpenAI Chat Completions),
+"messages" (Anthropic Messages), "responses" (OpenAI Responses), "images" and "image_edits" (OpenAI
+Images generations and edits), "gemini" (Gemini generateContent, upstream only).
 """
 
 from __future__ import annotations
@@ -134,9 +135,31 @@ class BlankLineReader(StreamReader):
         raise NotImplementedError
 
 
+def sse_fields(raw: bytes) -> tuple[bytes, bytes | None]:
+    """(the `event:` name, the `data:` payload — its lines joined — or None) of one SSE event."""
+    name = b""
+    payload: list[bytes] = []
+    for line in raw.splitlines():
+        if not line or line[0] == 0x3A:  # blank, or a ":" comment
+            continue
+        field, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if field == b"data":
+            payload.append(value)
+        elif field == b"event":
+            name = value
+    if not payload:
+        return name, None
+    return name, payload[0] if len(payload) == 1 else b"\n".join(payload)
+
+
 class Provider:
     name: str = ""  # the route's `provider` value
-    wire: str = ""  # the wire format of its request and response bodies: "chat" | "messages"
+    wire: str = ""  # the wire format of its request and response bodies (see the module docstring)
+    # The client formats this provider's IMAGE models answer (served.py): OpenAI's image models
+    # only the image endpoints, Gemini's also chat (their images come inside the answer).
+    image_formats: tuple[str, ...] = ()
 
     def call(self, body: dict, *, route, stream: bool, client_headers: Mapping[str, bytes]) -> UpstreamCall:
         """The HTTP call for one attempt. `body` is this attempt's own copy, in `wire` format: set
@@ -159,6 +182,11 @@ class Provider:
     def probe_call(self, *, kind: str, upstream_model: str, base_url: str, secret: str) -> UpstreamCall:
         """The cheapest real request that proves the route works."""
         raise NotImplementedError
+
+    def stored_id(self, data: dict | None, reader: StreamReader | None) -> str:
+        """The id under which the upstream stored this answer for later calls (the Responses
+        API's response id), from the whole reply's `data` or the stream's reader; "" if none."""
+        return ""
 
     def count_tokens_call(self, body: dict, *, route, client_headers: Mapping[str, bytes]) -> UpstreamCall | None:
         """The upstream's own token counting for a Messages body, when it has one (else None)."""

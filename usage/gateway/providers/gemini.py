@@ -33,7 +33,15 @@ from openbili.core.errors import (
     UpstreamUnavailable,
 )
 from usage.gateway.errors import retry_after_seconds
-from usage.gateway.providers.base import BlankLineReader, Event, Provider, Reply, UpstreamCall, UpstreamFailure
+from usage.gateway.providers.base import (
+    BlankLineReader,
+    Event,
+    Provider,
+    Reply,
+    UpstreamCall,
+    UpstreamFailure,
+    sse_fields,
+)
 
 API_VERSION = "v1beta"  # the version the official SDKs call, and the only one with every feature
 MESSAGE_LIMIT = 300  # upstream messages shown to customers are shortened to this many characters
@@ -73,6 +81,17 @@ def _total(usage: dict, field: str, details: str) -> int:
     return sum(_count(item.get("tokenCount")) for item in breakdown if isinstance(item, dict))
 
 
+def _image_tokens(usage: dict) -> int:
+    breakdown = usage.get("candidatesTokensDetails")
+    if not isinstance(breakdown, list):
+        return 0
+    return sum(
+        _count(item.get("tokenCount"))
+        for item in breakdown
+        if isinstance(item, dict) and item.get("modality") == "IMAGE"
+    )
+
+
 def usage_from_gemini(usage: dict | None, *, images: int = 0) -> TokenUsage | None:
     """`usageMetadata` → TokenUsage (None when there is no usage object).
 
@@ -87,7 +106,9 @@ def usage_from_gemini(usage: dict | None, *, images: int = 0) -> TokenUsage | No
     prompt = _total(usage, "promptTokenCount", "promptTokensDetails")
     tool_use = _total(usage, "toolUsePromptTokenCount", "toolUsePromptTokensDetails")
     cached = _total(usage, "cachedContentTokenCount", "cacheTokensDetails")
-    candidates = _total(usage, "candidatesTokenCount", "candidatesTokensDetails")
+    # A generated image is billed per image (the catalog's per_image), not as output tokens:
+    # its tokens (the IMAGE entry of the candidates' breakdown) leave the output count.
+    candidates = max(_total(usage, "candidatesTokenCount", "candidatesTokensDetails") - _image_tokens(usage), 0)
     thoughts = _count(usage.get("thoughtsTokenCount"))
     return TokenUsage(
         input_tokens=max(prompt + tool_use - cached, 0),
@@ -155,22 +176,12 @@ class GeminiReader(BlankLineReader):
         self._finished: set[int] = set()
 
     def _event(self, raw: bytes) -> Event:
-        payload: list[bytes] = []
-        name = ""
-        for line in raw.splitlines():
-            if not line or line[0] == 0x3A:  # blank, or a ":" comment
-                continue
-            field, _, value = line.partition(b":")
-            if value[:1] == b" ":
-                value = value[1:]
-            if field == b"data":
-                payload.append(value)
-            elif field == b"event":
-                name = value.decode("utf-8", "replace")
-        if not payload:
+        name_bytes, payload = sse_fields(raw)
+        name = name_bytes.decode("utf-8", "replace")
+        if payload is None:
             return Event(raw=raw, name=name)
         try:
-            parsed = json.loads(payload[0] if len(payload) == 1 else b"\n".join(payload))
+            parsed = json.loads(payload)
         except ValueError:
             parsed = None
         if isinstance(parsed, list) and len(parsed) == 1:  # a proxy that frames the JSON-array form
@@ -299,6 +310,7 @@ def _headers(secret: str, *, json_body: bool) -> dict[str, str]:
 class GeminiProvider(Provider):
     name = "gemini"
     wire = "gemini"
+    image_formats = ("images", "chat")
 
     def call(self, body: dict, *, route, stream: bool, client_headers: Mapping[str, bytes]) -> UpstreamCall:
         url = _model_url(route.base_url, route.upstream_model)

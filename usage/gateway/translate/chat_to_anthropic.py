@@ -474,7 +474,7 @@ def _finish(stop_reason: Any) -> str:
     return FINISH.get(stop_reason, "stop")
 
 
-def response(data: dict) -> dict:
+def response(data: dict, *, request: dict | None = None) -> dict:
     """An Anthropic Messages reply → a `chat.completion` object."""
     texts, thoughts, calls = [], [], []
     for block in data.get("content") or []:
@@ -521,7 +521,7 @@ class Stream:
     and stream errors are the endpoint's and the lifecycle's business.
     """
 
-    def __init__(self, *, client_wants_usage: bool) -> None:
+    def __init__(self, *, client_wants_usage: bool, request: dict | None = None) -> None:
         self.client_wants_usage = client_wants_usage
         self.id = ""
         self.model = ""

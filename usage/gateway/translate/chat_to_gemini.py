@@ -586,7 +586,7 @@ def _blocked_choice() -> dict:
     return {"index": 0, "message": message, "logprobs": None, "finish_reason": "content_filter"}
 
 
-def response(data: dict) -> dict:
+def response(data: dict, *, request: dict | None = None) -> dict:
     """A Gemini GenerateContentResponse → a `chat.completion` object."""
     candidates = [c for c in data.get("candidates") or [] if isinstance(c, dict)]
     choices = [_choice(candidate, i) for i, candidate in enumerate(candidates)] or [_blocked_choice()]
@@ -619,7 +619,7 @@ class Stream:
     lifecycle's business.
     """
 
-    def __init__(self, *, client_wants_usage: bool) -> None:
+    def __init__(self, *, client_wants_usage: bool, request: dict | None = None) -> None:
         self.client_wants_usage = client_wants_usage
         self.id = ""
         self.model = ""

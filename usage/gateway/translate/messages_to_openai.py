@@ -406,7 +406,7 @@ def _number(value: object, param: str) -> float:
 # --- response ----------------------------------------------------------------------------------
 
 
-def response(data: dict) -> dict:
+def response(data: dict, *, request: dict | None = None) -> dict:
     """A `chat.completion` → a Messages `message`."""
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
@@ -536,7 +536,7 @@ class Stream:
     `message_delta`; `message_start` carries zeros. `message_stop` is the endpoint's to send.
     """
 
-    def __init__(self, *, client_wants_usage: bool) -> None:
+    def __init__(self, *, client_wants_usage: bool, request: dict | None = None) -> None:
         del client_wants_usage  # Messages streams always carry usage
         self._started = False
         self._done = False

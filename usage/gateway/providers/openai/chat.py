@@ -1,5 +1,5 @@
-"""OpenAI-compatible upstreams (OpenAI, Azure-style proxies, vLLM, the fake and demo upstream): the
-Chat Completions wire format."""
+"""The OpenAI Chat Completions wire format, and what every OpenAI wire format of a route shares:
+the URL under the route's base URL, bearer auth and the error mapping."""
 
 from __future__ import annotations
 
@@ -113,20 +113,29 @@ class OpenAIReader(StreamReader):
         return Event(raw, chunk)
 
 
+def api_url(route, path: str) -> str:
+    return route.base_url.rstrip("/") + path
+
+
+def json_headers(secret: str) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if secret:
+        headers["Authorization"] = f"Bearer {secret}"
+    return headers
+
+
 class OpenAIProvider(Provider):
     name = "openai"
     wire = "chat"
+    image_formats = ("images", "image_edits")
 
     def call(self, body, *, route, stream, client_headers):
         body["model"] = route.upstream_model
         if stream:
             options = body.get("stream_options")
             body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if route.secret:
-            headers["Authorization"] = f"Bearer {route.secret}"
         return UpstreamCall(
-            "POST", route.base_url.rstrip("/") + "/chat/completions", headers, json.dumps(body).encode()
+            "POST", api_url(route, "/chat/completions"), json_headers(route.secret), json.dumps(body).encode()
         )
 
     def reply(self, raw):
