@@ -10,12 +10,15 @@ parsing: the request body goes to the upstream as it came, with fixed upstream c
 the response comes back as it came: a non-stream body is read and returned, an event stream
 (`text/event-stream`) is passed through chunk by chunk as the upstream sends it.
 
-    POST /v1/chat/completions  ->  {upstream}/v1/chat/completions  (Authorization: Bearer)
-    POST /v1/messages          ->  {upstream}/v1/messages          (x-api-key + anthropic-version)
+    POST /v1/chat/completions      ->  {upstream}/v1/chat/completions      (Authorization: Bearer)
+    POST /v1/messages              ->  {upstream}/v1/messages              (x-api-key + anthropic-version)
+    POST /v1/responses             ->  {upstream}/v1/responses             (Authorization: Bearer)
+    POST /v1/images/generations    ->  {upstream}/v1/images/generations    (Authorization: Bearer)
 
 Anything else answers 404. An unreachable upstream answers 502. Whatever Openbili spends above
 this per request is the price of what it does on top: keys, limits, the ledger, the usage row,
-validation and (for chat on a Claude model) translation.
+validation, (for chat and Responses on a Claude model) translation and (for images) storing the
+image behind a URL: the floor passes the upstream's `b64_json` through as it came.
 """
 
 from __future__ import annotations
@@ -28,11 +31,11 @@ UPSTREAM = os.environ.get("OPENBILI_FLOOR_UPSTREAM", "http://127.0.0.1:8181").rs
 UPSTREAM_KEY = os.environ.get("OPENBILI_FLOOR_UPSTREAM_KEY", "sk-bench-upstream")
 
 # client path -> (upstream URL, upstream headers); built once.
+BEARER = {"Content-Type": "application/json", "Authorization": f"Bearer {UPSTREAM_KEY}"}
 ROUTES: dict[str, tuple[str, dict[str, str]]] = {
-    "/v1/chat/completions": (
-        UPSTREAM + "/v1/chat/completions",
-        {"Content-Type": "application/json", "Authorization": f"Bearer {UPSTREAM_KEY}"},
-    ),
+    "/v1/chat/completions": (UPSTREAM + "/v1/chat/completions", BEARER),
+    "/v1/responses": (UPSTREAM + "/v1/responses", BEARER),
+    "/v1/images/generations": (UPSTREAM + "/v1/images/generations", BEARER),
     "/v1/messages": (
         UPSTREAM + "/v1/messages",
         {"Content-Type": "application/json", "x-api-key": UPSTREAM_KEY, "anthropic-version": "2023-06-01"},

@@ -4,22 +4,29 @@
         --concurrency 32 --requests 100000 --duration 10 [--stream] [--warmup 50] [--json]
     .venv/bin/python bench/load.py --url http://127.0.0.1:8000/v1/messages --api messages \\
         --auth x-api-key --key sk-ob-... --model claude-sonnet-4-6 --concurrency 8 --stream
+    .venv/bin/python bench/load.py --url http://127.0.0.1:8000/v1/responses --api responses --key sk-ob-... --stream
+    .venv/bin/python bench/load.py --url http://127.0.0.1:8000/v1/images/generations --api images \\
+        --key sk-ob-... --model bench-image --concurrency 8
 
 Each of ``concurrency`` workers POSTs a small request in a loop (``--api chat``: an OpenAI chat
-completion; ``--api messages``: an Anthropic Messages request), on a keep-alive pool of
-``concurrency`` connections, until ``requests`` requests were started or ``duration`` seconds have
-passed (whichever comes first; requests in flight then finish, each bounded by ``--timeout``).
-Warm-up requests (``--warmup``, run first at the same concurrency) open the connections and warm
-the target's caches; they are not measured.
+completion; ``--api messages``: an Anthropic Messages request; ``--api responses``: an OpenAI
+Responses request; ``--api images``: an OpenAI image generation, never streamed), on a keep-alive
+pool of ``concurrency`` connections, until ``requests`` requests were started or ``duration``
+seconds have passed (whichever comes first; requests in flight then finish, each bounded by
+``--timeout``). Warm-up requests (``--warmup``, run first at the same concurrency) open the
+connections and warm the target's caches; they are not measured.
 
 Per request: latency (send to last body byte), and for streams the time to first byte (chat: the
 first body chunk after the headers; messages: the chunk that carries the first
 ``content_block_delta`` event, since a Messages stream opens with message_start,
-content_block_start and ping before any text). An error is a non-2xx status, an exception or
-timeout, or a stream that did not end with ``data: [DONE]`` (chat) or did not carry a
-``message_stop`` event (messages); Openbili ends a stream that failed mid-way with an error event
-and neither. The summary has req/s (completed requests / measured seconds), p50/p90/p99 of latency
-and TTFB in ms, and errors by kind with a sample message each.
+content_block_start and ping before any text; responses: the chunk that carries the first
+``response.output_text.delta``, after response.created, response.in_progress,
+response.output_item.added and response.content_part.added). An error is a non-2xx status, an
+exception or timeout, or a stream that did not end with ``data: [DONE]`` (chat) or did not carry
+a ``message_stop`` (messages) or ``response.completed`` (responses) event; Openbili ends a stream
+that failed mid-way with an error event and none of them. The summary has req/s (completed
+requests / measured seconds), p50/p90/p99 of latency and TTFB in ms, and errors by kind with a
+sample message each.
 
 Keys: ``--auth bearer`` sends ``Authorization: Bearer KEY``, ``--auth x-api-key`` sends
 ``x-api-key: KEY`` (the Anthropic way); messages requests also carry ``anthropic-version``.
@@ -44,14 +51,27 @@ from yarl import URL
 PAYLOAD = {"model": "bench-model", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16}
 # Anthropic Messages: the same prompt; max_tokens is required there and comes first by convention.
 MESSAGES_PAYLOAD = {"model": "claude-sonnet-4-6", "max_tokens": 16, "messages": [{"role": "user", "content": "hello"}]}
+# OpenAI Responses: the same prompt as a string input; `store` left out (OpenAI's default), as
+# most clients send it.
+RESPONSES_PAYLOAD = {"model": "bench-model", "input": "hello", "max_output_tokens": 16}
+# OpenAI Images: one image, the default response_format (a URL from the gateway, b64_json from
+# gpt-image itself).
+IMAGES_PAYLOAD = {"model": "bench-image", "prompt": "hello", "n": 1, "size": "1024x1024"}
+PAYLOADS = {"chat": PAYLOAD, "messages": MESSAGES_PAYLOAD, "responses": RESPONSES_PAYLOAD, "images": IMAGES_PAYLOAD}
 ANTHROPIC_VERSION = "2023-06-01"
-APIS = ("chat", "messages")
+APIS = tuple(PAYLOADS)
 AUTHS = ("bearer", "x-api-key")
+# api -> (marker of the first text event: TTFB, marker of a complete stream), searched in the bytes
+# of the stream; chat's TTFB is its first body chunk and it completes with `data: [DONE]`.
+STREAM_MARKERS = {
+    "messages": (b"content_block_delta", b"message_stop"),
+    "responses": (b"response.output_text.delta", b"response.completed"),
+}
 
 
 def body_for(stream: bool, model: str = "bench-model", api: str = "chat") -> bytes:
-    payload = dict(MESSAGES_PAYLOAD if api == "messages" else PAYLOAD, model=model)
-    if stream:
+    payload = dict(PAYLOADS[api], model=model)
+    if stream and api != "images":
         payload["stream"] = True
     return json.dumps(payload, separators=(",", ":")).encode()
 
@@ -111,9 +131,10 @@ async def one_request(
     ttfb = None
     try:
         async with session.post(url, data=body, headers=headers, timeout=timeout) as resp:
-            if stream and resp.status < 300 and api == "messages":
+            if stream and resp.status < 300 and api in STREAM_MARKERS:
                 # Events may be split across chunks: search each chunk together with the last
                 # bytes of the previous one (the markers are shorter than the carried tail).
+                first_marker, done_marker = STREAM_MARKERS[api]
                 tail = b""
                 done = False
                 while True:
@@ -121,14 +142,14 @@ async def one_request(
                     if not chunk:
                         break
                     window = tail + chunk
-                    if ttfb is None and b"content_block_delta" in window:
+                    if ttfb is None and first_marker in window:
                         ttfb = time.perf_counter() - start
-                    if not done and b"message_stop" in window:
+                    if not done and done_marker in window:
                         done = True
                     tail = window[-128:]
                 end = time.perf_counter()
                 ok = done and ttfb is not None
-                detail = "" if ok else f"stream without content_block_delta or message_stop; last bytes {tail!r}"
+                detail = "" if ok else f"stream without {first_marker!r} or {done_marker!r}; last bytes {tail!r}"
             elif stream and resp.status < 300:
                 tail = b""
                 while True:
@@ -184,7 +205,7 @@ async def run_load(
 ) -> dict[str, Any]:
     """Run one bounded load and return its summary (see module docstring).
 
-    ``api`` is the client wire format ("chat" or "messages"), ``auth`` how the key is sent
+    ``api`` is the client wire format (APIS: "chat", "messages", "responses", "images"), ``auth`` how the key is sent
     ("bearer" or "x-api-key"). ``key`` may be several keys separated by commas: worker i then
     sends key i mod len(keys). ``on_start`` is called (synchronously) after the warm-up, right
     before the measured phase.
@@ -193,6 +214,7 @@ async def run_load(
         raise ValueError(f"api must be one of {APIS} and auth one of {AUTHS}")
     keys = [k for k in key.split(",") if k] or [""]
     header_sets = [headers_for(k, api, auth) for k in keys]
+    stream = stream and api != "images"
     body = body_for(stream, model, api)
     client_timeout = aiohttp.ClientTimeout(total=timeout)
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False, keepalive_timeout=60)
@@ -280,7 +302,8 @@ ERROR_CODE = re.compile(rb'"code": ?"([^"]{1,64})"')
 
 
 def mix_body(item: dict[str, Any]) -> bytes | None:
-    """The body of one mix item: kind chat or messages as body_for; count_tokens model + messages."""
+    """The body of one mix item: kinds chat, messages, responses and images as body_for;
+    count_tokens model + messages; models none."""
     if item["kind"] == "models":
         return None
     if item["kind"] == "count_tokens":
@@ -325,9 +348,10 @@ async def mixed_request(
     try:
         async with session.request(method, url, data=body, headers=headers, timeout=timeout) as resp:
             if stream and resp.status < 300:
-                done_marker = b"message_stop" if kind == "messages" else b"data: [DONE]"
-                error_marker = b"event: error" if kind == "messages" else b'data: {"error"'
-                first_marker = b"content_block_delta" if kind == "messages" else b"data: "
+                first_marker, done_marker = STREAM_MARKERS.get(kind, (b"data: ", b"data: [DONE]"))
+                # Messages and Responses streams end a failure with an `error` event, chat with an
+                # `{"error": ...}` chunk.
+                error_marker = b'data: {"error"' if kind == "chat" else b"event: error"
                 tail, done, error_event = b"", False, b""
                 while True:
                     chunk = await resp.content.readany()
@@ -392,7 +416,7 @@ async def run_mix(
 ) -> dict[str, Any]:
     """Every request takes the next slot of the mix's schedule (mix_schedule) and the next key.
 
-    ``mix`` items: name, method, path, kind (chat, messages, count_tokens, models), model,
+    ``mix`` items: name, method, path, kind (chat, messages, responses, images, count_tokens, models), model,
     stream, weight. Request n uses item schedule[n % period] and key (n + n // period) % len(keys),
     so every item is sent with every key. The warm-up (``warmup_seconds``, same mix) is counted in
     what was sent (every request should leave a usage row) but not in the latencies. Per item and
@@ -512,7 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests first")
     parser.add_argument("--timeout", type=float, default=30.0, help="per request, seconds")
-    parser.add_argument("--model", default=None, help="default: bench-model (chat), claude-sonnet-4-6 (messages)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="default: bench-model (chat, responses), claude-sonnet-4-6 (messages), bench-image (images)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
     host = URL(args.url).host
@@ -534,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
             stream=args.stream,
             warmup=args.warmup,
             timeout=args.timeout,
-            model=args.model or (MESSAGES_PAYLOAD if args.api == "messages" else PAYLOAD)["model"],
+            model=args.model or PAYLOADS[args.api]["model"],
             api=args.api,
             auth=args.auth,
         )

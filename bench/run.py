@@ -2,17 +2,20 @@
 
     .venv/bin/python bench/run.py [--quick] [--litellm] [--soak SECONDS] [--workers N] [--profile]
 
-Starts a fake upstream speaking OpenAI chat and Anthropic Messages (bench/upstream.py), the floor
-(bench/floor.py: a bare proxy on the gateway's stack, uvicorn + one aiohttp session, nothing else),
-Openbili with full billing on a fresh `openbili_bench` database (uvicorn, N workers; `bench-model`
-on an OpenAI route, `claude-sonnet-4-6` on an Anthropic route) and, with --litellm, a LiteLLM proxy
+Starts a fake upstream speaking OpenAI chat, Responses and Images and Anthropic Messages
+(bench/upstream.py), the floor (bench/floor.py: a bare proxy on the gateway's stack, uvicorn + one
+aiohttp session, nothing else), Openbili with full billing on a fresh `openbili_bench` database
+(uvicorn, N workers; `bench-model` on an OpenAI route, `claude-sonnet-4-6` on an Anthropic route,
+`bench-image` on an OpenAI image route, its images stored under var/bench/images) and, with
+--litellm, a LiteLLM proxy
 (its own throwaway virtualenv under var/bench/litellm-venv, no database) routed to the same
 upstream. Then runs each scenario against the upstream alone, the floor, Openbili and LiteLLM back
 to back, measuring latency and TTFB percentiles from the client (bench/load.py) and, with psutil,
 the CPU seconds of each target's process tree, of every `postgres` process and the peak RSS, per
-scenario. Scenarios come in three groups (chat on an OpenAI route, /v1/messages and chat on an
-Anthropic route), four loads each. Prints a table per scenario, the ratios Openbili ÷ LiteLLM and
-Openbili ÷ floor and the PASS/FAIL lines, writes bench/results/latest.json. With --soak SECONDS it
+scenario. Scenarios come in groups (GROUPS: chat on an OpenAI route, /v1/messages and chat on an
+Anthropic route, /v1/responses on both, image generations), four loads each (two for images).
+Prints a table per scenario, the ratios Openbili ÷ LiteLLM and Openbili ÷ floor and the PASS/FAIL
+lines, writes bench/results/latest.json. With --soak SECONDS it
 then drives every /v1 entry point mixed (SOAK_MIX) on accounts of its own while the fake upstream
 faults 5% of its calls, and checks what the soak left: a usage row per request, none pending, no
 open hold, the ledger reconciled, the gateway's RSS flat (soak()). Everything it started is
@@ -22,6 +25,7 @@ stopped at the end, also on Ctrl-C or an error. See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import datetime as dt
 import json
@@ -66,8 +70,13 @@ BENCH_REDIS_URL = "redis://127.0.0.1:6379/14"
 UPSTREAM_SECRET_ENV = "OPENBILI_BENCH_UPSTREAM_KEY"
 CHAT_PATH = "/v1/chat/completions"
 MESSAGES_PATH = "/v1/messages"
+RESPONSES_PATH = "/v1/responses"
+IMAGES_PATH = "/v1/images/generations"
 CHAT_MODEL = "bench-model"  # OpenAI route
 CLAUDE_MODEL = "claude-sonnet-4-6"  # Anthropic route
+IMAGE_MODEL = "bench-image"  # OpenAI image route (gpt-image's wire format: it answers b64_json)
+IMAGES_DIR = VAR / "images"  # Openbili's image storage during the bench (emptied at every start)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def say(message: str) -> None:
@@ -379,12 +388,17 @@ class Target:
         """drive() arguments for one scenario group on this target (URL, model, wire format, auth).
 
         chat: OpenAI chat on bench-model (OpenAI route); messages: Anthropic Messages on the Claude
-        model (pass-through); chat_claude: OpenAI chat on the Claude model (the gateway translates).
-        The upstream alone has no translation: for chat_claude it answers the Messages call the
-        gateway makes upstream, so +x columns show what translation and billing add on top of it.
-        The floor forwards without translating: its chat_claude is a chat pass-through.
+        model (pass-through); chat_claude: OpenAI chat on the Claude model (the gateway translates);
+        responses / responses_claude: the OpenAI Responses API on the same two models (pass-through,
+        translated); images: an image generation on bench-image (OpenAI image route).
+        The upstream alone has no translation: for chat_claude and responses_claude it answers the
+        Messages call the gateway makes upstream, so +x columns show what translation and billing
+        add on top of it. The floor forwards without translating: its chat_claude is a chat
+        pass-through, its responses_claude a Responses pass-through.
         """
-        if api == "messages" or (api == "chat_claude" and self.name == "upstream"):
+        if api == "images":
+            return {"url": self.base_url + IMAGES_PATH, "key": self.key, "model": IMAGE_MODEL, "api": "images"}
+        if api == "messages" or (api in ("chat_claude", "responses_claude") and self.name == "upstream"):
             return {
                 "url": self.base_url + MESSAGES_PATH,
                 "key": self.key,
@@ -392,7 +406,9 @@ class Target:
                 "api": "messages",
                 "auth": self.messages_auth,
             }
-        model = CLAUDE_MODEL if api == "chat_claude" else CHAT_MODEL
+        model = CLAUDE_MODEL if api in ("chat_claude", "responses_claude") else CHAT_MODEL
+        if api in ("responses", "responses_claude"):
+            return {"url": self.base_url + RESPONSES_PATH, "key": self.key, "model": model, "api": "responses"}
         return {"url": self.base_url + CHAT_PATH, "key": self.key, "model": model, "api": "chat", "auth": "bearer"}
 
 
@@ -436,6 +452,54 @@ def upstream_check(upstream: str, chunks: int) -> None:
         raise RuntimeError("upstream /v1/messages stream: a content_block_delta is not a text_delta")
     if "input_tokens" not in events[0]["message"]["usage"] or "output_tokens" not in events[-2].get("usage", {}):
         raise RuntimeError("upstream /v1/messages stream: usage missing in message_start or message_delta")
+    responses_check(upstream, pieces)
+    images_check(upstream)
+
+
+def sse_events(raw: bytes) -> list[tuple[str, dict]]:
+    """(event name, data) of each block of an event stream that names its events."""
+    events = []
+    for block in raw.decode().strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((lines.get("event", ""), json.loads(lines["data"])))
+    return events
+
+
+def responses_check(upstream: str, pieces: int) -> None:
+    """The fake upstream's /v1/responses: a `response` with a message item and usage; a stream of
+    response.created, response.in_progress, response.output_item.added,
+    response.content_part.added, response.output_text.delta x pieces, the .done events and
+    response.completed carrying the usage."""
+    headers = load.headers_for("sk-bench")
+    url = upstream + RESPONSES_PATH
+    status, raw = http("POST", url, body=body_for(False, CHAT_MODEL, "responses"), headers=headers)
+    data = json.loads(raw)
+    if status != 200 or data.get("object") != "response" or data["output"][0]["type"] != "message" or not data["usage"]:
+        raise RuntimeError(f"upstream /v1/responses (non-stream) is not Responses-shaped: {status} {raw[:300]!r}")
+    status, raw = http("POST", url, body=body_for(True, CHAT_MODEL, "responses"), headers=headers)
+    events = sse_events(raw)
+    expected = ["response.created", "response.in_progress", "response.output_item.added"]
+    expected += ["response.content_part.added", *["response.output_text.delta"] * pieces, "response.output_text.done"]
+    expected += ["response.content_part.done", "response.output_item.done", "response.completed"]
+    kinds = [name for name, _ in events]
+    if status != 200 or kinds != expected or any(name != data["type"] for name, data in events):
+        raise RuntimeError(f"upstream /v1/responses stream: events {kinds}, expected {expected}")
+    if not events[-1][1]["response"].get("usage"):
+        raise RuntimeError("upstream /v1/responses stream: no usage in response.completed")
+
+
+def images_check(upstream: str) -> None:
+    """The fake upstream's /v1/images/generations answers gpt-image's way: `data[].b64_json` (a PNG)."""
+    status, raw = http(
+        "POST",
+        upstream + IMAGES_PATH,
+        body=body_for(False, IMAGE_MODEL, "images"),
+        headers=load.headers_for("sk-bench"),
+    )
+    data = json.loads(raw)
+    item = data["data"][0] if status == 200 and data.get("data") else {}
+    if not item.get("b64_json") or not base64.b64decode(item["b64_json"]).startswith(PNG_MAGIC):
+        raise RuntimeError(f"upstream /v1/images/generations did not answer a b64_json PNG: {status} {raw[:300]!r}")
 
 
 def start_floor(args: argparse.Namespace, upstream: str) -> Target:
@@ -468,7 +532,8 @@ def manage(env: dict[str, str], *args: str) -> str:
 
 
 CATALOG = """\
-# Written by bench/run.py: two models routed to the benchmark's fake upstream, one per wire format.
+# Written by bench/run.py: three models routed to the benchmark's fake upstream (OpenAI chat and
+# Responses, Anthropic Messages, OpenAI Images).
 [[models]]
 name = "bench-model"
 kind = "chat"
@@ -508,6 +573,26 @@ base_url = "{upstream}"
 upstream_model = "claude-sonnet-4-6"
 secret_env = "{secret_env}"
 priority = 1
+
+[[models]]
+name = "bench-image"
+kind = "image"
+owned_by = "openbili-bench"
+context_window = 32768
+max_output_tokens = 8192
+
+[models.prices]
+input_per_mtok = "5.00"
+output_per_mtok = "0"
+per_image = "0.04"
+
+[[models.routes]]
+name = "bench-upstream"
+provider = "openai"
+base_url = "{upstream}/v1"
+upstream_model = "bench-image"
+secret_env = "{secret_env}"
+priority = 1
 """
 
 
@@ -532,7 +617,13 @@ def start_openbili(args: argparse.Namespace, upstream: str) -> Target:
         DJANGO_SETTINGS_MODULE="openbili.settings",
         DEBUG="0",
         PYTHONUNBUFFERED="1",
+        # The default backend (FileSystemStorage) in a directory of the bench's own, emptied here
+        # like the database: the images scenarios write one file per request.
+        OPENBILI_IMAGE_STORAGE_OPTIONS=json.dumps({"location": str(IMAGES_DIR)}),
     )
+    for name in ("OPENBILI_IMAGE_STORAGE_BACKEND", "OPENBILI_PUBLIC_BASE_URL"):
+        env.pop(name, None)
+    shutil.rmtree(IMAGES_DIR, ignore_errors=True)
     env[UPSTREAM_SECRET_ENV] = "sk-bench-upstream"
     say("Openbili: migrate, catalog_load, probe, account_create, key_create")
     manage(env, "migrate", "--noinput", "-v", "0")
@@ -552,6 +643,9 @@ def start_openbili(args: argparse.Namespace, upstream: str) -> Target:
         # stays invisible: the messages and chat_claude scenarios then report errors, the rest runs.
         say(f"Openbili: the {CLAUDE_MODEL} route failed its probe; its scenarios will show errors")
         notes["claude_probe_failed"] = True
+    if f"OK   {IMAGE_MODEL} " not in probe:
+        say(f"Openbili: the {IMAGE_MODEL} route failed its probe; the images scenarios will show errors")
+        notes["image_probe_failed"] = True
     keys = []
     for i in range(args.accounts):  # --accounts N spreads the load over N accounts (one key each)
         account = "bench" if i == 0 else f"bench-{i + 1}"
@@ -595,7 +689,8 @@ def start_openbili(args: argparse.Namespace, upstream: str) -> Target:
 
 LITELLM_CONFIG = """\
 # Written by bench/run.py: the same models, routed to the same fake upstream; no database.
-# claude-sonnet-4-6 serves /v1/messages (pass-through) and /v1/chat/completions (translated).
+# claude-sonnet-4-6 serves /v1/messages (pass-through), /v1/chat/completions and /v1/responses
+# (translated); bench-model /v1/chat/completions and /v1/responses; bench-image /v1/images/generations.
 model_list:
   - model_name: bench-model
     litellm_params:
@@ -607,6 +702,13 @@ model_list:
       model: anthropic/claude-sonnet-4-6
       api_base: {upstream}
       api_key: sk-bench-upstream
+  - model_name: bench-image
+    litellm_params:
+      model: openai/bench-image
+      api_base: {upstream}/v1
+      api_key: sk-bench-upstream
+    model_info:
+      mode: image_generation
 general_settings:
   master_key: {master_key}
 """
@@ -703,6 +805,17 @@ def start_litellm(args: argparse.Namespace, upstream: str) -> Target | None:
     notes["chat_claude"] = status
     if status != 200:
         say(f"LiteLLM: chat on {CLAUDE_MODEL}: HTTP {status} {raw[:200]!r}")
+    for label, path, model, api in (
+        ("responses", RESPONSES_PATH, CHAT_MODEL, "responses"),
+        ("responses_claude", RESPONSES_PATH, CLAUDE_MODEL, "responses"),
+        ("images", IMAGES_PATH, IMAGE_MODEL, "images"),
+    ):
+        status, raw = http(
+            "POST", base + path, body=body_for(False, model, api), headers=load.headers_for(master_key), timeout=30
+        )
+        notes[label] = status
+        if status != 200:
+            say(f"LiteLLM: {path} on {model}: HTTP {status} {raw[:200]!r}")
     return Target("litellm", base, master_key, service, "litellm", notes=notes, messages_auth=messages_auth)
 
 
@@ -720,53 +833,92 @@ class Scenario:
     requests: int
     duration: float
     warmup: int
-    api: str = "chat"  # scenario group: chat, messages, chat_claude (see Target.load_args)
+    api: str = "chat"  # scenario group (GROUPS; see Target.load_args)
 
 
-# group -> (name prefix, what the client sends)
+# group -> (name prefix, what the client sends). Scenario names are group prefix + load shape;
+# results/ files are compared by them, so existing names never change.
 GROUPS = {
     "chat": ("", "/v1/chat/completions on bench-model, OpenAI route (pass-through)"),
     "messages": ("messages_", f"/v1/messages on {CLAUDE_MODEL}, Anthropic route (pass-through)"),
     "chat_claude": ("chat_claude_", f"/v1/chat/completions on {CLAUDE_MODEL}, Anthropic route (translated)"),
+    "responses": ("responses_", f"/v1/responses on {CHAT_MODEL}, OpenAI route (pass-through)"),
+    "responses_claude": ("responses_claude_", f"/v1/responses on {CLAUDE_MODEL}, Anthropic route (translated)"),
+    "images": ("images_", f"/v1/images/generations on {IMAGE_MODEL}, OpenAI route (b64_json stored, URL answered)"),
 }
+STREAM_SHAPES = ("nonstream_c1", "nonstream_c32", "stream_c1", "stream_c8")
+# The load shapes of each group (default STREAM_SHAPES). Images do not stream, and a generation is
+# slow upstream in reality (seconds), so 8 in flight is already a busy client.
+GROUP_SHAPES = {"images": ("nonstream_c1", "nonstream_c8")}
 
 
 def scenarios(quick: bool) -> list[Scenario]:
-    """Every group gets the same four loads; the chat group keeps its historical names."""
+    """Every group gets its loads (GROUP_SHAPES, else the four); the chat group keeps its historical
+    names (no prefix)."""
+    # name -> (title, stream, concurrency, requests, seconds, warm-up requests)
     if quick:
-        shapes = [
-            ("nonstream_c1", "non-stream, concurrency 1 (added latency)", False, 1, 300, 3, 30),
-            ("nonstream_c32", "non-stream, concurrency 32 (throughput)", False, 32, 100_000, 3, 64),
-            ("stream_c1", "stream, concurrency 1 (TTFB and total)", True, 1, 200, 3, 20),
-            ("stream_c8", "stream, concurrency 8 (TTFB and total)", True, 8, 100_000, 3, 32),
-        ]
+        shapes = {
+            "nonstream_c1": ("non-stream, concurrency 1 (added latency)", False, 1, 300, 3, 30),
+            "nonstream_c8": ("non-stream, concurrency 8", False, 8, 100_000, 3, 32),
+            "nonstream_c32": ("non-stream, concurrency 32 (throughput)", False, 32, 100_000, 3, 64),
+            "stream_c1": ("stream, concurrency 1 (TTFB and total)", True, 1, 200, 3, 20),
+            "stream_c8": ("stream, concurrency 8 (TTFB and total)", True, 8, 100_000, 3, 32),
+        }
     else:
-        shapes = [
-            ("nonstream_c1", "non-stream, concurrency 1 (added latency)", False, 1, 2000, 20, 200),
-            ("nonstream_c32", "non-stream, concurrency 32 (throughput)", False, 32, 1_000_000, 10, 640),
-            ("stream_c1", "stream, concurrency 1 (TTFB and total)", True, 1, 1000, 15, 100),
-            ("stream_c8", "stream, concurrency 8 (TTFB and total)", True, 8, 1_000_000, 10, 160),
-        ]
-    return [
-        Scenario(prefix + name, f"{title}; {what}", stream, conc, requests, duration, warmup, api=group)
-        for group, (prefix, what) in GROUPS.items()
-        for name, title, stream, conc, requests, duration, warmup in shapes
-    ]
+        shapes = {
+            "nonstream_c1": ("non-stream, concurrency 1 (added latency)", False, 1, 2000, 20, 200),
+            "nonstream_c8": ("non-stream, concurrency 8", False, 8, 1_000_000, 10, 160),
+            "nonstream_c32": ("non-stream, concurrency 32 (throughput)", False, 32, 1_000_000, 10, 640),
+            "stream_c1": ("stream, concurrency 1 (TTFB and total)", True, 1, 1000, 15, 100),
+            "stream_c8": ("stream, concurrency 8 (TTFB and total)", True, 8, 1_000_000, 10, 160),
+        }
+    out = []
+    for group, (prefix, what) in GROUPS.items():
+        for name in GROUP_SHAPES.get(group, STREAM_SHAPES):
+            title, stream, conc, requests, duration, warmup = shapes[name]
+            out.append(Scenario(prefix + name, f"{title}; {what}", stream, conc, requests, duration, warmup, api=group))
+    return out
 
 
 def select(all_: list[Scenario], only: str | None) -> list[Scenario]:
-    """--only takes scenario names and/or group names (chat, messages, chat_claude)."""
+    """--only takes scenario names and/or group names (GROUPS)."""
     if not only:
         return all_
     wanted = {name.strip() for name in only.split(",") if name.strip()}
     unknown = wanted - {s.name for s in all_} - set(GROUPS)
     if unknown:
-        raise SystemExit(f"--only: unknown scenario(s) {sorted(unknown)}; known: {[s.name for s in all_]} or groups")
+        raise SystemExit(
+            f"--only: unknown scenario(s) {sorted(unknown)}; known: {[s.name for s in all_]} or groups {list(GROUPS)}"
+        )
     return [s for s in all_ if s.name in wanted or s.api in wanted]
+
+
+def image_answer(target: Target) -> str:
+    """What one image generation on this target answers (outside any measurement): a stored image's
+    URL (then fetched, to show it serves the PNG) or the upstream's b64_json inline."""
+    args = target.load_args("images")
+    headers = load.headers_for(args["key"].split(",")[0])
+    status, raw = http("POST", args["url"], body=body_for(False, IMAGE_MODEL, "images"), headers=headers, timeout=30)
+    try:
+        item = json.loads(raw)["data"][0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return f"HTTP {status}, no data[0]: {raw[:200]!r}"
+    size = f"answer {len(raw):,} bytes"
+    if isinstance(item.get("url"), str):
+        got, image = http("GET", item["url"], timeout=10)
+        inline = "; b64_json also inline" if "b64_json" in item else ""
+        return (
+            f"url (the image stored, its URL answered{inline}; GET of the URL: HTTP {got}, "
+            f"{'a PNG' if image.startswith(PNG_MAGIC) else 'not a PNG'} of {len(image):,} bytes); {size}"
+        )
+    if isinstance(item.get("b64_json"), str):
+        return f"b64_json inline (nothing stored, no URL; {len(item['b64_json']):,} base64 characters); {size}"
+    return f"HTTP {status}, data[0] keys {sorted(item)}; {size}"
 
 
 def measure(target: Target, scenario: Scenario, monitor: Monitor, stagger_ms: float = 0.0) -> dict[str, Any]:
     marks: dict[str, Any] = {}
+    answer = image_answer(target) if scenario.api == "images" else None
     log_offset = target.service.log_offset()
 
     def on_start() -> None:
@@ -796,6 +948,8 @@ def measure(target: Target, scenario: Scenario, monitor: Monitor, stagger_ms: fl
     result["peak_rss_mb"] = round(window["peak_rss"].get(target.cpu_group, 0) / 2**20, 1)
     result["peak_process_rss_mb"] = round(window["peak_proc_rss"].get(target.cpu_group, 0) / 2**20, 1)
     result["log_lines"] = target.service.log_since(log_offset)
+    if answer is not None:
+        result["answer"] = answer
     if not target.service.alive():
         result["target_exited"] = target.service.proc.returncode
     return result
@@ -869,13 +1023,25 @@ def table(scenario: Scenario, rows: dict[str, dict]) -> str:
         "the target's process tree; pg/req = all postgres processes; rss = peak RSS of the tree; host% = both "
         "cores busy (driver + upstream + target + PG); floor = bench/floor.py, a bare proxy on the same stack."
     )
-    if scenario.api == "chat_claude":
+    if scenario.api in ("chat_claude", "responses_claude"):
         lines.append(
-            "  chat_claude: the upstream alone answers the Messages call the gateway makes; the floor cannot "
-            "translate, it passes the chat request through to the upstream's chat path."
+            f"  {scenario.api}: the upstream alone answers the Messages call the gateway makes; the floor cannot "
+            f"translate, it passes the {'chat' if scenario.api == 'chat_claude' else 'Responses'} request through "
+            "to the upstream's own path for it."
         )
-    if scenario.api == "messages" or scenario.api == "chat_claude":
-        lines.append("  messages TTFB = first content_block_delta; a stream completes at message_stop.")
+    if scenario.api in ("messages", "chat_claude") or (scenario.api == "responses_claude" and scenario.stream):
+        lines.append(
+            "  messages TTFB = first content_block_delta; a stream completes at message_stop"
+            + (" (the upstream alone; the others: Responses events)." if scenario.api == "responses_claude" else ".")
+        )
+    if scenario.api in ("responses", "responses_claude") and scenario.stream:
+        lines.append("  responses TTFB = first response.output_text.delta; a stream completes at response.completed.")
+    if scenario.api == "images":
+        lines.append(
+            "  images: the fake upstream answers a tiny PNG as b64_json at once, so this is the cost per image of "
+            "what each target does with it; the answer each target gave (the shape of data[0]):"
+        )
+        lines.extend(f"    {target}: {r['answer']}" for target, r in rows.items() if r.get("answer"))
     for target, r in rows.items():
         if r["errors"]:
             lines.append(f"  {target} errors: {r['errors_by_kind']}")
@@ -906,7 +1072,7 @@ def ratios(results: dict[str, dict[str, dict]]) -> tuple[str, dict]:
     """
     lines = ["== Openbili vs LiteLLM and vs the floor (same worker count) =="]
     lines.append(
-        "scenario".ljust(27)
+        "scenario".ljust(31)
         + " | ÷litellm: thr x".rjust(17)
         + "cpu".rjust(7)
         + "(+PG)".rjust(7)
@@ -940,7 +1106,7 @@ def ratios(results: dict[str, dict[str, dict]]) -> tuple[str, dict]:
             entry["floor_added_ttfb50_ms"] = added(ob, fl, "ttfb_ms", "p50")
         data[name] = entry
         lines.append(
-            name.ljust(27)
+            name.ljust(31)
             + fmt(entry.get("throughput_x"), 17, 2)
             + fmt(entry.get("cpu_per_request_ratio"), 7, 3)
             + fmt(entry.get("cpu_with_pg_per_request_ratio"), 7, 3)
@@ -1051,6 +1217,22 @@ def targets_check(results: dict[str, dict[str, dict]], ratio_data: dict) -> tupl
                 errors=errors,
             )
         )
+    for shape in STREAM_SHAPES:  # the same comparison for the Responses API; no bar of its own (info)
+        passthrough = results.get("responses_" + shape, {}).get("openbili")
+        translated = results.get("responses_claude_" + shape, {}).get("openbili")
+        if not passthrough or not translated:
+            continue
+        errors = translated["errors"] + passthrough["errors"]
+        lines.append(
+            check(
+                f"Responses translated vs pass-through gateway CPU/request ({shape}), x",
+                ratio_or_none(translated["cpu_ms_per_request"], passthrough["cpu_ms_per_request"]),
+                None,
+                extra=f"; {translated['cpu_ms_per_request']:.3f} vs {passthrough['cpu_ms_per_request']:.3f} ms"
+                f"; Openbili errors: {errors}",
+                errors=errors,
+            )
+        )
     for group, (prefix, _) in GROUPS.items():
         one, many = ratio_data.get(prefix + "nonstream_c1", {}), ratio_data.get(prefix + "nonstream_c32", {})
         if "floor_added_p50_ms" in one:
@@ -1099,13 +1281,18 @@ SOAK_MIX: list[dict[str, Any]] = [
     {"name": name, "method": "GET" if kind == "models" else "POST", "path": path, "kind": kind, "model": model}
     | {"stream": stream, "weight": weight}
     for name, path, kind, model, stream, weight in (
-        ("chat", CHAT_PATH, "chat", CHAT_MODEL, False, 25),  # OpenAI route, pass-through
-        ("chat_stream", CHAT_PATH, "chat", CHAT_MODEL, True, 20),
-        ("chat_claude", CHAT_PATH, "chat", CLAUDE_MODEL, False, 10),  # Anthropic route, translated
-        ("chat_claude_stream", CHAT_PATH, "chat", CLAUDE_MODEL, True, 5),
-        ("messages", MESSAGES_PATH, "messages", CLAUDE_MODEL, False, 15),  # Anthropic route, pass-through
-        ("messages_stream", MESSAGES_PATH, "messages", CLAUDE_MODEL, True, 10),
-        ("count_tokens", COUNT_TOKENS_PATH, "count_tokens", CLAUDE_MODEL, False, 10),
+        ("chat", CHAT_PATH, "chat", CHAT_MODEL, False, 20),  # OpenAI route, pass-through
+        ("chat_stream", CHAT_PATH, "chat", CHAT_MODEL, True, 15),
+        ("chat_claude", CHAT_PATH, "chat", CLAUDE_MODEL, False, 8),  # Anthropic route, translated
+        ("chat_claude_stream", CHAT_PATH, "chat", CLAUDE_MODEL, True, 4),
+        ("messages", MESSAGES_PATH, "messages", CLAUDE_MODEL, False, 12),  # Anthropic route, pass-through
+        ("messages_stream", MESSAGES_PATH, "messages", CLAUDE_MODEL, True, 8),
+        ("count_tokens", COUNT_TOKENS_PATH, "count_tokens", CLAUDE_MODEL, False, 8),
+        ("responses", RESPONSES_PATH, "responses", CHAT_MODEL, False, 6),  # OpenAI route, pass-through
+        ("responses_stream", RESPONSES_PATH, "responses", CHAT_MODEL, True, 5),
+        ("responses_claude", RESPONSES_PATH, "responses", CLAUDE_MODEL, False, 3),  # Anthropic route, translated
+        ("responses_claude_stream", RESPONSES_PATH, "responses", CLAUDE_MODEL, True, 2),
+        ("images", IMAGES_PATH, "images", IMAGE_MODEL, False, 4),  # OpenAI image route, b64_json stored
         ("models", "/v1/models", "models", "", False, 5),
     )
 ]
@@ -1346,8 +1533,8 @@ def soak_report(
         f"{result['rps']} req/s measured"
     )
     lines.append(
-        "  endpoint              share      sent      rows    p50 ms    p99 ms  p99 ok ms    max ms  (latency: measured"
-        " phase, every answered request; 'ok': the 2xx complete ones)"
+        "  endpoint                  share      sent      rows    p50 ms    p99 ms  p99 ok ms    max ms  (latency:"
+        " measured phase, every answered request; 'ok': the 2xx complete ones)"
     )
     outcomes_total: dict[str, int] = {}
     for item in SOAK_MIX:
@@ -1356,7 +1543,7 @@ def soak_report(
         sent = warm["sent"] + measured["sent"]
         lat, ok_lat = measured["latency_ms"], measured["ok_latency_ms"]
         lines.append(
-            f"  {name:<20} {item['weight'] / total_weight:6.0%} {sent:>9,} {rows_by_item.get(name, 0):>9,} "
+            f"  {name:<24} {item['weight'] / total_weight:6.0%} {sent:>9,} {rows_by_item.get(name, 0):>9,} "
             f"{fmt(lat['p50'], 9)} {fmt(lat['p99'], 9)} {fmt(ok_lat['p99'], 10)} {fmt(lat['max'], 9)}"
         )
         for outcome in set(warm["outcomes"]) | set(measured["outcomes"]):
@@ -1365,7 +1552,7 @@ def soak_report(
     others = {k: v for k, v in ledger_data["rows_by_item"].items() if k not in items}
     for name, count in others.items():
         lines.append(f"  {name}: {count} rows (no such request sent)")
-    lines.append(f"  {'total':<27} {result['sent']:>9,} {ledger_data['rows']:>9,}")
+    lines.append(f"  {'total':<31} {result['sent']:>9,} {ledger_data['rows']:>9,}")
     lines.append("  requests by outcome (client side, warm-up included), per endpoint:")
     for item in SOAK_MIX:
         name = item["name"]
@@ -1374,9 +1561,9 @@ def soak_report(
             for outcome, count in items[name][phase]["outcomes"].items():
                 merged[outcome] = merged.get(outcome, 0) + count
         shown = ", ".join(f"{k} {v:,}" for k, v in sorted(merged.items(), key=lambda kv: -kv[1]))
-        lines.append(f"    {name:<20} {shown}")
+        lines.append(f"    {name:<24} {shown}")
     shown = ", ".join(f"{k} {v:,}" for k, v in sorted(outcomes_total.items(), key=lambda kv: -kv[1]))
-    lines.append(f"    {'all':<20} {shown}")
+    lines.append(f"    {'all':<24} {shown}")
     calls = max(faults.get("calls", 0), 1)
     injected = sum(faults.get("faults", {}).values())
     lines.append(
@@ -1388,7 +1575,7 @@ def soak_report(
     for name in [i["name"] for i in SOAK_MIX if i["name"] in by_result] + [n for n in by_result if n not in items]:
         results = by_result[name]
         shown = ", ".join(f"{k} {v:,}" for k, v in sorted(results.items(), key=lambda kv: -kv[1]))
-        lines.append(f"    {name:<20} {shown}")
+        lines.append(f"    {name:<24} {shown}")
     sent_by_account = ledger_data["sent_by_account"]
     lines.append(
         "  rows by account: "
@@ -1700,10 +1887,16 @@ def billing_check() -> dict[str, Any]:
         ).fetchall()
         holds = conn.execute("SELECT state, count(*) FROM billing_hold GROUP BY 1 ORDER BY 1").fetchall()
         entries = conn.execute("SELECT kind, count(*) FROM billing_ledgerentry GROUP BY 1 ORDER BY 1").fetchall()
+        images = conn.execute("SELECT count(*) FROM usage_storedimage").fetchone()[0]
+        image_rows = conn.execute(
+            "SELECT count(*) FROM usage_usagerecord WHERE endpoint = %s AND status = 200", (IMAGES_PATH,)
+        ).fetchone()[0]
+    files = sum(1 for path in IMAGES_DIR.rglob("*") if path.is_file()) if IMAGES_DIR.exists() else 0
     return {
         "usage_rows": [{"billing_result": r[0], "status": r[1], "count": r[2]} for r in rows],
         "holds": dict(holds),
         "ledger_entries": dict(entries),
+        "stored_images": {"rows": images, "files": files, "image_requests_ok": image_rows},
     }
 
 
@@ -1741,7 +1934,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="open the driver's connections this many ms apart during warm-up (spreads them over workers)",
     )
     parser.add_argument(
-        "--only", help="comma-separated scenario names and/or groups (chat, messages, chat_claude); default: all"
+        "--only", help=f"comma-separated scenario names and/or groups ({', '.join(GROUPS)}); default: all"
     )
     parser.add_argument("--output", default=str(RESULTS / "latest.json"), help="JSON results file")
     return parser.parse_args(argv)
@@ -1769,6 +1962,8 @@ def main(argv: list[str] | None = None) -> int:
             "synchronous_commit": args.synchronous_commit,
             "payload": json.loads(body_for(False)),
             "messages_payload": json.loads(body_for(False, CLAUDE_MODEL, "messages")),
+            "responses_payload": json.loads(body_for(False, CHAT_MODEL, "responses")),
+            "images_payload": json.loads(body_for(False, IMAGE_MODEL, "images")),
             "groups": {group: what for group, (_, what) in GROUPS.items()},
         },
         "scenarios": {},
@@ -1845,7 +2040,12 @@ def main(argv: list[str] | None = None) -> int:
 
         output["billing"] = billing_check()
         usage = ", ".join(f"{r['billing_result']}/{r['status']}: {r['count']}" for r in output["billing"]["usage_rows"])
-        text = f"== Openbili ledger after the run ==\n  usage rows: {usage}\n  holds: {output['billing']['holds']}"
+        images = output["billing"]["stored_images"]
+        text = (
+            f"== Openbili ledger after the run ==\n  usage rows: {usage}\n  holds: {output['billing']['holds']}\n"
+            f"  stored images: {images['rows']} rows, {images['files']} files in {IMAGES_DIR.relative_to(BASE)} "
+            f"({images['image_requests_ok']} image generations answered 200)"
+        )
         print(text, flush=True)
         report.append(text)
         output["seconds"] = round(time.monotonic() - started, 1)

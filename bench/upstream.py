@@ -8,9 +8,19 @@ tests use (openbili/fake_upstream/server.py); this wrapper only runs it on uvloo
 installed (it comes with uvicorn[standard]) and forces ``--no-record``, so the upstream spends as
 little CPU per request as possible and every target is measured against the same cheap upstream.
 
-The bench uses two of its formats:
+The bench uses four of its formats (make_app routes every path the fake upstream knows, so this
+wrapper adds none of its own):
 
 * ``POST .../v1/chat/completions`` (OpenAI chat; ``Authorization: Bearer``), for bench-model.
+* ``POST .../v1/responses`` (OpenAI Responses; Bearer), for bench-model and, from the floor's
+  pass-through, the Claude model. Non-stream: a ``response`` object with one ``message`` output item
+  and usage. Stream: response.created, response.in_progress, response.output_item.added,
+  response.content_part.added, response.output_text.delta once per piece, response.output_text.done,
+  response.content_part.done, response.output_item.done, response.completed (with the usage). A
+  request without ``store: false`` is kept, as OpenAI does, in a bounded in-memory table (the newest
+  1,000), so a Responses request costs the upstream one dictionary insert more than a chat one.
+* ``POST .../v1/images/generations`` (OpenAI Images; Bearer), for bench-image: gpt-image's answer,
+  ``data[].b64_json`` of a tiny PNG (70 bytes), at once, with usage.
 * ``POST .../v1/messages`` (Anthropic Messages; ``x-api-key`` or Bearer, ``anthropic-version``
   required), for the Claude model. Non-stream: ``{"id": "msg_...", "type": "message", "role":
   "assistant", "model", "content": [{"type": "text", "text"}], "stop_reason", "stop_sequence",
@@ -23,7 +33,8 @@ The bench uses two of its formats:
   "stop_sequence": null}`` and ``usage.output_tokens``), message_stop. Each event is one write,
   built like the chat chunks (one small JSON dump), so a Messages request costs the upstream
   about what a chat request does (measured: ~0.15 ms CPU non-stream, ~0.35 ms stream, either
-  format). bench/run.py checks this sequence against a live request before it measures anything.
+  format). bench/run.py checks this sequence, the Responses one and the image answer against live
+requests before it measures anything.
 
 Injected faults (bench/run.py --soak): off unless ``--fault-rate`` is given or the rate is set at
 run time with ``POST /__bench__/faults {"rate": 0.05, "seed": 1}`` (``GET`` returns the calls
