@@ -1,6 +1,7 @@
 """Reading a Chat Completions request, for every translation from chat to another upstream format
 (chat_to_anthropic, chat_to_gemini): what the client's fields must be is the client format's, and
-is checked once; each translation then writes its upstream's shape."""
+is checked once; each translation then writes its upstream's shape. The small value checks at the
+top serve every translation's request reader (Responses' and Messages' too)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from openbili.core.errors import InvalidRequest
+
+
+def invalid(message: str, param: str) -> InvalidRequest:
+    return InvalidRequest(message, param=param)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from openbili.core.errors import InvalidRequest
 from usage.gateway.providers.base import Event
 from usage.gateway.translate.chat_request import data_url, function_tool, image_url, part_text
+from usage.gateway.translate.chat_request import invalid as _invalid
+from usage.gateway.translate.chat_request import is_int as _is_int
+from usage.gateway.translate.chat_request import is_number as _is_number
 
 # Anthropic stop_reason → Chat finish_reason. pause_turn (a server tool paused a long turn) has no
 # Chat counterpart; the turn did end, so "stop". Unknown future reasons also end as "stop".
@@ -103,18 +105,6 @@ TOOL_CHOICE = {"auto": {"type": "auto"}, "none": {"type": "none"}, "required": {
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 
 EMPTY_SCHEMA = {"type": "object", "properties": {}}  # Anthropic requires input_schema
-
-
-def _invalid(message: str, param: str) -> InvalidRequest:
-    return InvalidRequest(message, param=param)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,10 +28,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from openbili.core.errors import InvalidRequest
 from usage.gateway.providers.base import Event
 from usage.gateway.providers.gemini import usage_from_gemini
 from usage.gateway.translate.chat_request import data_url, function_tool, image_url, part_text
+from usage.gateway.translate.chat_request import invalid as _invalid
+from usage.gateway.translate.chat_request import is_int as _is_int
+from usage.gateway.translate.chat_request import is_number as _is_number
 
 # Gemini FinishReason → Chat finish_reason. A candidate that called a function ends with STOP; it
 # becomes "tool_calls" where the reply is built. MALFORMED_FUNCTION_CALL / UNEXPECTED_TOOL_CALL /
@@ -120,18 +122,6 @@ IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", 
 AUDIO_FORMATS = {"wav": "audio/wav", "mp3": "audio/mp3"}  # Chat input_audio.format → MIME type
 
 
-def _invalid(message: str, param: str) -> InvalidRequest:
-    return InvalidRequest(message, param=param)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _new_call_id() -> str:
     """A Chat tool-call id for a Gemini functionCall that has none (the Gemini API omits `id`)."""
     return f"call_{uuid.uuid4().hex[:24]}"
@@ -154,8 +144,12 @@ def _refusal_part(part: dict, param: str) -> dict | None:
 
 def _image_part(part: dict, param: str) -> dict:
     # `detail` has no generateContent counterpart (mediaResolution is per request, not per image).
-    url = image_url(part, param)
-    param = f"{param}.image_url.url"
+    return image_from_url(image_url(part, param), f"{param}.image_url.url")
+
+
+def image_from_url(url: str, param: str) -> dict:
+    """An image part from a data URL (inlineData) or an http(s) URL (fileData), for every
+    translation to Gemini."""
     inline = data_url(url, param)
     if inline is not None:
         media_type, data = inline

@@ -71,6 +71,7 @@ import usage.gateway.translate.messages_to_openai as messages
 from openbili.core.errors import InvalidRequest
 from usage.gateway.providers.base import Event
 from usage.gateway.providers.gemini import usage_from_gemini
+from usage.gateway.translate.chat_request import invalid as _invalid
 from usage.gateway.translate.chat_to_gemini import (
     IMAGE_TYPES,
     THINKING_BUDGET,
@@ -98,10 +99,6 @@ NOT_CARRIED = {
 EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
 THINKING_BLOCK = {"type": "thinking", "thinking": "", "signature": ""}
 TEXT_BLOCK = {"type": "text", "text": ""}
-
-
-def _invalid(message: str, param: str) -> InvalidRequest:
-    return InvalidRequest(message, param=param)
 
 
 # --- request ---------------------------------------------------------------------------------

@@ -18,11 +18,15 @@ import copy
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from openbili.core.errors import InvalidRequest
 from usage.gateway.translate.chat_request import FunctionTool, data_url, part_text
+from usage.gateway.translate.chat_request import invalid as _invalid
+from usage.gateway.translate.chat_request import is_int as _is_int
+from usage.gateway.translate.chat_request import is_number as _is_number
 
 # ---------------------------------------------------------------------------------------------
 # Request: what needs OpenAI's stored state
@@ -83,18 +87,6 @@ INCLUDABLE = frozenset(
 # Responses reasoning efforts, each translation's budgets are keyed by these.
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 SUMMARIES = ("auto", "concise", "detailed")
-
-
-def _invalid(message: str, param: str) -> InvalidRequest:
-    return InvalidRequest(message, param=param)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def refuse_uncarriable(body: dict) -> None:
@@ -747,3 +739,21 @@ class Reply:
         self.final = self._response("incomplete" if reason else "completed", reason, usage)
         kind = "response.incomplete" if reason else "response.completed"
         return [*out, self._event(kind, response=copy.deepcopy(self.final))]
+
+
+# A reader of one content part, in the upstream's shape (None: nothing to send for it).
+PartConverter = Callable[[dict, str], dict | None]
+
+
+def convert_parts(parts: list[tuple[str, dict]], kinds: dict[str, PartConverter]) -> list[dict]:
+    """Each (param, part) through the converter of its type; a type the upstream cannot take is a
+    400 naming the part."""
+    out = []
+    for param, part in parts:
+        convert = kinds.get(part["type"])
+        if convert is None:
+            raise unsupported_part(part, param, list(kinds))
+        converted = convert(part, param)
+        if converted is not None:
+            out.append(converted)
+    return out

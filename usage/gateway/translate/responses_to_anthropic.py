@@ -44,9 +44,9 @@ from collections.abc import Callable
 from typing import Any
 
 import usage.gateway.translate.responses_request as rr
-from openbili.core.errors import InvalidRequest
 from usage.gateway.providers.base import Event
 from usage.gateway.translate.chat_request import data_url
+from usage.gateway.translate.chat_request import invalid as _invalid
 from usage.gateway.translate.chat_to_anthropic import (
     EMPTY_SCHEMA,
     IMAGE_TYPES,
@@ -69,10 +69,6 @@ THINKING_BUDGET: dict[str, int | None] = {**CHAT_THINKING_BUDGET, "max": 65536}
 # so another upstream's encrypted content is never sent to Anthropic as a signature.
 SIGNATURE = "anthropic.thinking."
 REDACTED = "anthropic.redacted."
-
-
-def _invalid(message: str, param: str) -> InvalidRequest:
-    return InvalidRequest(message, param=param)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,27 +105,13 @@ def _file(part: dict, param: str) -> dict:
     return block
 
 
-PartConverter = Callable[[dict, str], dict | None]
-
 # Which content parts each role may carry, and the Anthropic block each becomes.
-PARTS: dict[str, dict[str, PartConverter]] = {
+PARTS: dict[str, dict[str, rr.PartConverter]] = {
     "user": {"input_text": _text, "input_image": _image, "input_file": _file},
     "assistant": {"output_text": _text, "input_text": _text, "refusal": _text},
     "system": {"input_text": _text},
     "tool": {"input_text": _text, "input_image": _image},
 }
-
-
-def _blocks(parts: list[tuple[str, dict]], kinds: dict[str, PartConverter]) -> list[dict]:
-    blocks = []
-    for param, part in parts:
-        convert = kinds.get(part["type"])
-        if convert is None:
-            raise rr.unsupported_part(part, param, list(kinds))
-        block = convert(part, param)
-        if block is not None:
-            blocks.append(block)
-    return blocks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +123,7 @@ def _message(item: rr.Item) -> tuple[str, list[dict]]:
     role = rr.message_role(item)
     kinds = PARTS["system" if role == "developer" else role]
     parts = rr.content_parts(item.data.get("content"), f"{item.param}.content", role=role)
-    return ("system" if role == "developer" else role), _blocks(parts, kinds)
+    return ("system" if role == "developer" else role), rr.convert_parts(parts, kinds)
 
 
 def _tool_use(item: rr.Item) -> tuple[str, list[dict]]:
@@ -155,7 +137,7 @@ def _tool_result(item: rr.Item) -> tuple[str, list[dict]]:
     if isinstance(result.output, str):
         block["content"] = result.output
     else:
-        block["content"] = _blocks(result.output, PARTS["tool"])
+        block["content"] = rr.convert_parts(result.output, PARTS["tool"])
     return "user", [block]
 
 

@@ -42,32 +42,26 @@ from __future__ import annotations
 
 import copy
 import json
-import mimetypes
 from collections.abc import Callable
 from typing import Any
 
 import usage.gateway.translate.responses_request as rr
-from openbili.core.errors import InvalidRequest
 from usage.gateway.providers.base import Event
 from usage.gateway.providers.gemini import usage_from_gemini
-from usage.gateway.translate.chat_request import data_url
+from usage.gateway.translate.chat_request import invalid as _invalid
 from usage.gateway.translate.chat_to_gemini import (
     FINISH,
-    IMAGE_TYPES,
     TOOL_CHOICE,
     _candidate_parts,
     _new_call_id,
     _response_format,
+    image_from_url,
 )
 from usage.gateway.translate.chat_to_gemini import THINKING_BUDGET as CHAT_THINKING_BUDGET
 
 # reasoning.effort → thinkingBudget, as for Chat's reasoning_effort; "max" (Responses only) is
 # the top of the Pro range, like xhigh.
 THINKING_BUDGET: dict[str, int] = {**CHAT_THINKING_BUDGET, "max": 32768}
-
-
-def _invalid(message: str, param: str) -> InvalidRequest:
-    return InvalidRequest(message, param=param)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,20 +76,7 @@ def _text(part: dict, param: str) -> dict | None:
 
 def _image(part: dict, param: str) -> dict:
     # `detail` has no generateContent counterpart (mediaResolution is per request, not per image).
-    url = rr.image_url(part, param)
-    param = f"{param}.image_url"
-    inline = data_url(url, param)
-    if inline is not None:
-        media_type, data = inline
-        if media_type not in IMAGE_TYPES:
-            raise _invalid(f"{param}: image type {media_type!r} is not supported (png, jpeg, webp, heic, heif).", param)
-        return {"inlineData": {"mimeType": media_type, "data": data}}
-    if url.startswith(("https://", "http://")):
-        # Gemini fetches public and signed http(s) URLs itself. The MIME type is optional there; it
-        # is given when the URL's extension tells it (as in chat_to_gemini).
-        guessed, _ = mimetypes.guess_type(url.split("?", 1)[0].split("#", 1)[0], strict=False)
-        return {"fileData": {"mimeType": guessed, "fileUri": url} if guessed in IMAGE_TYPES else {"fileUri": url}}
-    raise _invalid(f"{param} must be an http(s) URL or a base64 data URL.", param)
+    return image_from_url(rr.image_url(part, param), f"{param}.image_url")
 
 
 def _file(part: dict, param: str) -> dict:
@@ -103,27 +84,13 @@ def _file(part: dict, param: str) -> dict:
     return {"inlineData": {"mimeType": "application/pdf", "data": rr.input_pdf(part, param).data}}
 
 
-PartConverter = Callable[[dict, str], dict | None]
-
-PARTS: dict[str, dict[str, PartConverter]] = {
+PARTS: dict[str, dict[str, rr.PartConverter]] = {
     "user": {"input_text": _text, "input_image": _image, "input_file": _file},
     "model": {"output_text": _text, "input_text": _text, "refusal": _text},
     "system": {"input_text": _text},
     "tool": {"input_text": _text},  # functionResponse.response is an object: text only here
 }
 ROLES = {"user": "user", "assistant": "model", "system": "system", "developer": "system"}
-
-
-def _parts(parts: list[tuple[str, dict]], kinds: dict[str, PartConverter]) -> list[dict]:
-    out = []
-    for param, part in parts:
-        convert = kinds.get(part["type"])
-        if convert is None:
-            raise rr.unsupported_part(part, param, list(kinds))
-        converted = convert(part, param)
-        if converted is not None:
-            out.append(converted)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +128,7 @@ class _Conversation:
     def _message(self, item: rr.Item) -> tuple[str, list[dict]]:
         role = ROLES[rr.message_role(item)]
         parts = rr.content_parts(item.data.get("content"), f"{item.param}.content", role=rr.message_role(item))
-        return role, _parts(parts, PARTS[role])
+        return role, rr.convert_parts(parts, PARTS[role])
 
     def _call(self, item: rr.Item) -> tuple[str, list[dict]]:
         call = rr.function_call(item)
@@ -180,7 +147,7 @@ class _Conversation:
         if isinstance(result.output, str):
             text = result.output
         else:
-            text = "".join(p["text"] for p in _parts(result.output, PARTS["tool"]))
+            text = "".join(p["text"] for p in rr.convert_parts(result.output, PARTS["tool"]))
         # Gemini's response is an object; a Responses function output is text: wrapped, never parsed.
         return "user", [{"functionResponse": {"name": name, "response": {"result": text}}}]
 

@@ -113,6 +113,15 @@ class OpenAIReader(StreamReader):
         return Event(raw, chunk)
 
 
+def json_reply(raw: bytes) -> dict | None:
+    """A 2xx body's JSON object (None: JSON, but not an object); UpstreamError when not JSON."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise UpstreamError("the upstream returned a malformed response") from exc
+    return data if isinstance(data, dict) else None
+
+
 def api_url(route, path: str) -> str:
     return route.base_url.rstrip("/") + path
 
@@ -139,11 +148,8 @@ class OpenAIProvider(Provider):
         )
 
     def reply(self, raw):
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise UpstreamError("the upstream returned a malformed response") from exc
-        if not isinstance(data, dict):
+        data = json_reply(raw)
+        if data is None:
             return Reply(data=None, usage=None, output_bytes=len(raw))
         return Reply(data=data, usage=usage_from_openai(data.get("usage")), output_bytes=_text_bytes(data, "message"))
 

@@ -14,9 +14,8 @@ import json
 import uuid
 
 from billing.money import TokenUsage
-from openbili.core.errors import UpstreamError
 from usage.gateway.providers.base import Reply, UpstreamCall
-from usage.gateway.providers.openai.chat import OpenAIProvider, api_url, json_headers, usage_from_openai
+from usage.gateway.providers.openai.chat import OpenAIProvider, api_url, json_headers, json_reply, usage_from_openai
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,11 +43,8 @@ class OpenAIImagesProvider(OpenAIProvider):
         return UpstreamCall("POST", api_url(route, self.path), json_headers(route.secret), json.dumps(body).encode())
 
     def reply(self, raw):
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise UpstreamError("the upstream returned a malformed response") from exc
-        if not isinstance(data, dict):
+        data = json_reply(raw)
+        if data is None:
             return Reply(data=None, usage=None)
         # Always a usage (an image count at least): estimating one from base64 bytes would be nonsense.
         return Reply(data=data, usage=images_usage(data))

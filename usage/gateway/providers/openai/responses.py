@@ -17,7 +17,7 @@ import json
 
 from openbili.core.errors import UpstreamError
 from usage.gateway.providers.base import BlankLineReader, Event, Reply, UpstreamCall, sse_fields
-from usage.gateway.providers.openai.chat import OpenAIProvider, api_url, json_headers, usage_from_openai
+from usage.gateway.providers.openai.chat import OpenAIProvider, api_url, json_headers, json_reply, usage_from_openai
 
 # Events whose `delta` is generated output (what a missing usage is estimated from).
 OUTPUT_DELTAS = frozenset(
@@ -113,11 +113,8 @@ class OpenAIResponsesProvider(OpenAIProvider):
         return UpstreamCall("POST", api_url(route, "/responses"), json_headers(route.secret), json.dumps(body).encode())
 
     def reply(self, raw):
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise UpstreamError("the upstream returned a malformed response") from exc
-        if not isinstance(data, dict):
+        data = json_reply(raw)
+        if data is None:
             return Reply(data=None, usage=None, output_bytes=len(raw))
         return Reply(data=data, usage=usage_from_openai(data.get("usage")), output_bytes=output_bytes(data))
 
