@@ -216,7 +216,7 @@ Openbili is running at {base}  (Ctrl-C stops it)
   curl {base}/v1/messages/count_tokens {auth} -d '{{"model": "claude-sonnet-4-6", "messages": [{{"role": "user", "content": "Hi"}}]}}'
   curl {base}/v1/images/generations {auth} -d '{{"model": "gpt-image-2", "prompt": "A red fox"}}'
   curl {base}/v1/images/generations {auth} -d '{{"model": "gemini-3-pro-image-preview", "prompt": "A red fox"}}'
-  curl {base}/v1/images/edits -H "Authorization: Bearer $OPENBILI_API_KEY" -F model=gpt-image-2 -F prompt="Make it blue" -F image=@fox.png
+  curl {base}/v1/images/edits -H "Authorization: Bearer $OPENBILI_API_KEY" -F model=gpt-image-2 -F prompt="Make it blue" -F image=@fixtures/fox.png
 
   OpenAI SDK:     OpenAI(api_key=os.environ["OPENBILI_API_KEY"], base_url="{base}/v1")
   Anthropic SDK:  Anthropic(api_key=os.environ["OPENBILI_API_KEY"], base_url="{base}")
