@@ -169,7 +169,11 @@ def test_tool_calls_become_function_calls_and_tool_results_one_user_turn_of_func
             "role": "model",
             "parts": [
                 {"text": "Checking."},
-                {"functionCall": {"name": "get_weather", "args": {"location": "Boston, MA"}}},
+                # the turn's first call carries Google's stand-in signature (Gemini 3 needs one)
+                {
+                    "functionCall": {"name": "get_weather", "args": {"location": "Boston, MA"}},
+                    "thoughtSignature": t.FOREIGN_SIGNATURE,
+                },
                 {"functionCall": {"name": "get_time", "args": {}}},
             ],
         },

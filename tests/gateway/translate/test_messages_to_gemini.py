@@ -19,6 +19,7 @@ from openbili.core.errors import InvalidRequest
 from usage.gateway.providers.base import Event
 from usage.gateway.providers.gemini import GeminiReader
 from usage.gateway.translate import messages_to_gemini as t
+from usage.gateway.translate.chat_to_gemini import FOREIGN_SIGNATURE
 
 LIMIT = 32_000  # the model's output limit, max_output_tokens
 CLIENT = {"model": "claude-sonnet-4-5"}  # what the client asked for: replies are named after it
@@ -266,7 +267,7 @@ def test_a_tool_result_with_blocks_gives_text_to_the_response_and_images_after_i
     contents = request(body)["contents"]
     assert contents[1]["parts"] == [
         # Parallel calls: only the first of the step needs a signature, as Gemini gives them.
-        {"functionCall": {"id": "a", "name": "shot", "args": {}}, "thoughtSignature": t.FOREIGN_SIGNATURE},
+        {"functionCall": {"id": "a", "name": "shot", "args": {}}, "thoughtSignature": FOREIGN_SIGNATURE},
         {"functionCall": {"id": "b", "name": "ls", "args": {"dir": "."}}},
     ]
     assert contents[2]["parts"] == [
@@ -293,7 +294,7 @@ def test_a_gemini_signature_on_a_thinking_block_goes_to_the_next_part_of_the_tur
     )
     assert request(body)["contents"][1]["parts"] == [
         {"text": "Calling.", "thoughtSignature": "SIG"},
-        {"functionCall": {"id": "c", "name": "f", "args": {}}, "thoughtSignature": t.FOREIGN_SIGNATURE},
+        {"functionCall": {"id": "c", "name": "f", "args": {}}, "thoughtSignature": FOREIGN_SIGNATURE},
     ]
 
 

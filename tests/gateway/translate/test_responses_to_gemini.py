@@ -108,7 +108,10 @@ def test_a_tool_loop_becomes_function_calls_and_named_function_responses():
         {
             "role": "model",
             "parts": [
-                {"functionCall": {"name": "weather", "args": {"city": "Paris"}}},
+                {
+                    "functionCall": {"name": "weather", "args": {"city": "Paris"}},
+                    "thoughtSignature": "skip_thought_signature_validator",  # Gemini 3 needs one
+                },
                 {"functionCall": {"name": "weather", "args": {"city": "Rome"}}},
             ],
         },

@@ -326,7 +326,24 @@ def _messages(messages: Any) -> tuple[list[dict], list[dict]]:
             contents.append({"role": gemini_role, "parts": parts})
     if not contents:
         raise _invalid("`messages` must contain at least one user or assistant message.", "messages")
+    sign_calls(contents)
     return system, contents
+
+
+# Google's documented stand-in for a thought signature the client could not send back: Gemini 3
+# refuses a model turn whose first function call is unsigned, and a Chat client has no field to
+# return Gemini's own signature in.
+FOREIGN_SIGNATURE = "skip_thought_signature_validator"
+
+
+def sign_calls(contents: list[dict]) -> None:
+    """Give the first function call of each model turn a thought signature if it has none."""
+    for content in contents:
+        if content["role"] != "model":
+            continue
+        call = next((part for part in content["parts"] if "functionCall" in part), None)
+        if call is not None and "thoughtSignature" not in call:
+            call["thoughtSignature"] = FOREIGN_SIGNATURE
 
 
 # ---------------------------------------------------------------------------------------------

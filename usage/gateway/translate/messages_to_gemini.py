@@ -80,11 +80,10 @@ from usage.gateway.translate.chat_to_gemini import (
     _finish,
     _response_format,
     _tool_config,
+    sign_calls,
 )
 
 SIGNATURE_PREFIX = "gemini:"  # marks a thinking block's signature as Gemini's, not Anthropic's
-# Google's documented placeholder for function calls in history the model did not produce itself.
-FOREIGN_SIGNATURE = "skip_thought_signature_validator"
 PDF = "application/pdf"
 MAX_STOP_SEQUENCES = 5  # Gemini's limit (GenerationConfig.stopSequences)
 SEPARATOR = "\n\n"  # the text blocks of one tool result become one output string
@@ -155,17 +154,8 @@ def _contents(value: object) -> list[dict]:
             contents[-1]["parts"] += parts
         else:
             contents.append({"role": role, "parts": parts})
-    for content in contents:
-        if content["role"] == "model":
-            _sign_first_call(content["parts"])
+    sign_calls(contents)  # Gemini 3 checks the first function call of each step
     return contents
-
-
-def _sign_first_call(parts: list[dict]) -> None:
-    # Gemini 3 checks the first function call of each step; an unsigned one fails the request.
-    call = next((part for part in parts if "functionCall" in part), None)
-    if call is not None and "thoughtSignature" not in call:
-        call["thoughtSignature"] = FOREIGN_SIGNATURE
 
 
 def _user_parts(content: object, where: str, names: dict[str, str]) -> list[dict]:

@@ -56,6 +56,7 @@ from usage.gateway.translate.chat_to_gemini import (
     _new_call_id,
     _response_format,
     image_from_url,
+    sign_calls,
 )
 from usage.gateway.translate.chat_to_gemini import THINKING_BUDGET as CHAT_THINKING_BUDGET
 
@@ -167,6 +168,7 @@ def _conversation(body: dict) -> tuple[list[dict], list[dict]]:
         conversation.add(item)
     if not conversation.contents:
         raise _invalid("`input` must contain at least one user or assistant message.", "input")
+    sign_calls(conversation.contents)  # Gemini 3 refuses an unsigned first function call of a turn
     return conversation.system, conversation.contents
 
 
