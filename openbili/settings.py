@@ -223,6 +223,8 @@ LOGGING = {
 CELERY_BEAT_SCHEDULE = {
     "requests-sweep": {"task": "usage.tasks.requests_sweep", "schedule": 60.0},
     "images-expire": {"task": "usage.tasks.images_expire", "schedule": 600.0},
+    # Background responses are billed when they finish (usage/gateway/deferred.py).
+    "responses-poll": {"task": "usage.tasks.responses_poll", "schedule": 15.0},
     "routes-probe": {
         "task": "usage.tasks.routes_probe",
         "schedule": float(os.environ.get("OPENBILI_PROBE_INTERVAL_SECONDS", "300")),

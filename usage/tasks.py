@@ -27,3 +27,8 @@ def images_expire(self) -> int:
         return images.expire_images()
     except (OperationalError, psycopg.OperationalError) as exc:  # transient database trouble: try again soon
         raise self.retry(exc=exc, countdown=30) from exc
+
+
+@shared_task(acks_late=True)
+def responses_poll() -> int:
+    return services.responses_poll()

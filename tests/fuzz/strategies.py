@@ -8,6 +8,7 @@ is the same every time).
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,10 @@ CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
 COUNT_TOKENS = "/v1/messages/count_tokens"
 MODELS = "/v1/models"
+RESPONSES = "/v1/responses"
+IMAGES = "/v1/images/generations"
+EDITS = "/v1/images/edits"
+IMAGE_FILES = "/v1/images/files/"
 
 # How a case presents its key: label → (account kind or None for "no known key", how it is sent).
 # The test resolves the account kind to a secret; "garbage" and "none" are never known.
@@ -522,6 +527,376 @@ MESSAGES_FIELDS = {
 MESSAGES_BODY = body_of({"model": MODEL, "max_tokens": TOKENS, "messages": MESSAGES_LIST}, MESSAGES_FIELDS)
 COUNT_TOKENS_BODY = body_of({"model": MODEL, "messages": MESSAGES_LIST}, MESSAGES_FIELDS)
 
+# --- /v1/responses -------------------------------------------------------------------------------
+
+# Stands for a response id this account really stored: the test puts a live one in its place (in
+# the path and in the body's bytes), so that continuations and GETs also reach the upstream.
+STORED_ID = "resp_FUZZSTORED"
+
+INPUT_PART = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["input_text", "output_text"]), "text": sometimes_wild(TEXT)}),
+    st.fixed_dictionaries(
+        {"type": st.just("input_image")},
+        optional={
+            "image_url": sometimes_wild(URLS),
+            "file_id": sometimes_wild(TEXT),
+            "detail": sometimes_wild(st.sampled_from(["auto", "low", "high"])),
+        },
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("input_file")},
+        optional={
+            "file_data": sometimes_wild(st.sampled_from([PDF, "data:text/plain;base64,aGk=", "JVBERi0="])),
+            "filename": sometimes_wild(TEXT),
+            "file_id": sometimes_wild(TEXT),
+            "file_url": sometimes_wild(URLS),
+        },
+    ),
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["refusal", "input_audio", "summary_text"])}, optional={"text": TEXT}
+    ),
+    st.fixed_dictionaries({"type": WILD}, optional={"text": TEXT}),
+    WILD,
+)
+INPUT_CONTENT = weighted((4, TEXT), (4, st.lists(INPUT_PART, max_size=3)), (1, WILD))
+INPUT_ITEM = st.one_of(
+    st.fixed_dictionaries(  # EasyInputMessage: `type` left out now and then
+        {
+            "role": sometimes_wild(st.sampled_from(["user", "assistant", "system", "developer"])),
+            "content": INPUT_CONTENT,
+        },
+        optional={"type": sometimes_wild(st.just("message")), "status": WILD, "id": WILD},
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("function_call"),
+            "call_id": sometimes_wild(st.sampled_from(["call_1", ""])),
+            "name": sometimes_wild(st.just("get_weather")),
+            "arguments": ARGUMENTS,
+        },
+        optional={"id": sometimes_wild(st.just("fc_1")), "status": WILD},
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("function_call_output"),
+            "call_id": sometimes_wild(st.just("call_1")),
+            "output": st.one_of(TEXT, st.lists(INPUT_PART, max_size=2), WILD),
+        }
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("reasoning")},
+        optional={
+            "id": sometimes_wild(st.just("rs_1")),
+            "summary": st.one_of(
+                st.lists(st.fixed_dictionaries({"type": st.just("summary_text"), "text": TEXT}), max_size=2), WILD
+            ),
+            "encrypted_content": sometimes_wild(st.just("c2ln")),
+        },
+    ),
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["item_reference", "web_search_call", "computer_call_output", "mcp_call"])},
+        optional={"id": sometimes_wild(st.just(STORED_ID))},
+    ),
+    WILD,
+)
+A_RESPONSES_TURN = st.just(
+    [
+        {"role": "developer", "content": "Be brief."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "Weather?"},
+                {"type": "input_image", "image_url": "data:image/png;base64," + PNG_B64},
+            ],
+        },
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "Sunny"},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Thanks"}]},
+    ]
+)
+RESPONSES_INPUT = weighted(
+    (6, TEXT),
+    (10, st.lists(INPUT_ITEM, min_size=1, max_size=4)),
+    (2, A_RESPONSES_TURN),
+    (1, st.just([])),
+    (1, WILD),
+    (1, HUGE),
+)
+RESPONSES_TOOL = sometimes_wild(
+    st.fixed_dictionaries(
+        {"type": sometimes_wild(st.sampled_from(["function"] * 4 + ["custom", "web_search", "file_search", "mcp"]))},
+        optional={
+            "name": sometimes_wild(st.sampled_from(["get_weather", ""])),
+            "description": sometimes_wild(TEXT),
+            "parameters": sometimes_wild(SCHEMA),
+            "strict": WILD,
+        },
+    )
+)
+RESPONSES_FIELDS = {
+    "instructions": sometimes_wild(TEXT),
+    "max_output_tokens": TOKENS,
+    "stream": weighted((6, st.booleans()), (1, st.none()), (1, WILD)),
+    "store": weighted((4, st.booleans()), (1, st.none()), (1, WILD)),
+    "previous_response_id": weighted(
+        (4, st.just(STORED_ID)), (1, st.sampled_from(["resp_unknown", "", "r" * 201, "resp_\u202e"])), (1, WILD)
+    ),
+    "background": weighted((3, st.booleans()), (1, WILD)),
+    "conversation": st.one_of(st.just("conv_1"), st.just({"id": "conv_1"}), WILD),
+    "prompt": st.one_of(st.just({"id": "pmpt_1", "variables": {}}), WILD),
+    "tools": st.one_of(st.lists(RESPONSES_TOOL, max_size=2), WILD),
+    "tool_choice": st.one_of(
+        st.sampled_from(["auto", "none", "required"]),
+        st.just({"type": "function", "name": "get_weather"}),
+        st.just({"type": "allowed_tools", "mode": "auto", "tools": []}),
+        WILD,
+    ),
+    "parallel_tool_calls": sometimes_wild(st.booleans()),
+    "text": st.one_of(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "format": st.one_of(
+                    st.sampled_from(
+                        [
+                            {"type": "text"},
+                            {"type": "json_object"},
+                            {"type": "json_schema", "name": "x", "schema": {"type": "object"}},
+                            {"type": "json_schema", "name": "x"},
+                            {"type": "grammar"},
+                        ]
+                    ),
+                    WILD,
+                ),
+                "verbosity": sometimes_wild(st.sampled_from(["low", "medium", "high"])),
+            },
+        ),
+        WILD,
+    ),
+    "reasoning": st.one_of(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "effort": sometimes_wild(st.sampled_from(["none", "minimal", "low", "medium", "high", "xhigh"])),
+                "summary": sometimes_wild(st.sampled_from(["auto", "concise", "detailed"])),
+                "generate_summary": WILD,
+            },
+        ),
+        WILD,
+    ),
+    "include": st.one_of(
+        st.lists(st.sampled_from(["reasoning.encrypted_content", "message.output_text.logprobs", "x"]), max_size=2),
+        WILD,
+    ),
+    "temperature": SAMPLING,
+    "top_p": SAMPLING,
+    "top_logprobs": sometimes_wild(st.integers(0, 20)),
+    "truncation": sometimes_wild(st.sampled_from(["auto", "disabled"])),
+    "metadata": st.one_of(st.just({"k": "v"}), WILD),
+    "user": sometimes_wild(TEXT),
+    "safety_identifier": sometimes_wild(TEXT),
+    "max_tool_calls": sometimes_wild(POSITIVE),
+    "service_tier": WILD,
+    "prompt_cache_key": WILD,
+    "stream_options": WILD,
+}
+RESPONSES_BODY = body_of({"model": MODEL, "input": RESPONSES_INPUT}, RESPONSES_FIELDS)
+
+# --- /v1/images/generations ----------------------------------------------------------------------
+
+IMAGE_MODEL = "gpt-image-2"  # kind image, on an OpenAI route (the fuzz fixture adds it)
+IMAGE_MODELS = weighted((10, st.just(IMAGE_MODEL)), (2, st.sampled_from(MODEL_NAMES)), (1, MODEL))
+PROMPT = weighted(
+    (8, st.sampled_from(["A red fox", "a cat", "Sunset over the sea, watercolour"])),
+    (2, TEXT),
+    (1, st.sampled_from(["x" * 32_000, "x" * 32_001, "   "])),
+    (1, WILD),
+)
+IMAGE_FIELDS = {
+    "n": weighted(
+        (6, st.integers(1, 3)), (1, st.sampled_from([0, 10, 11, -1, True, 1.0, "2"])), (1, ODD_INT), (1, WILD)
+    ),
+    "size": sometimes_wild(st.sampled_from(["1024x1024", "1536x1024", "auto", "256x256", "", "x" * 21])),
+    "quality": sometimes_wild(st.sampled_from(["auto", "low", "medium", "high", "standard", "hd", "ultra"])),
+    "background": sometimes_wild(st.sampled_from(["transparent", "opaque", "auto", "clear"])),
+    "output_format": sometimes_wild(st.sampled_from(["png", "jpeg", "webp", "gif"])),
+    "output_compression": sometimes_wild(st.sampled_from([0, 50, 100, 101, -1, 2**63])),
+    "response_format": sometimes_wild(st.sampled_from(["url", "b64_json", "url", "b64"])),
+    "moderation": sometimes_wild(st.sampled_from(["auto", "low", "high"])),
+    "stream": weighted((3, st.booleans()), (1, st.none()), (1, WILD)),
+    "partial_images": sometimes_wild(st.integers(0, 3)),
+    "style": sometimes_wild(st.sampled_from(["vivid", "natural"])),
+    "user": sometimes_wild(TEXT),
+}
+IMAGES_BODY = body_of({"model": IMAGE_MODELS, "prompt": PROMPT}, IMAGE_FIELDS)
+
+# --- /v1/images/edits (multipart/form-data) -------------------------------------------------------
+
+PNG = base64.b64decode(PNG_B64)
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + b"\x00" * 16 + b"\xff\xd9"
+WEBP = b"RIFF\x24\x00\x00\x00WEBPVP8 \x18\x00\x00\x00" + b"\x00" * 24
+GIF = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"
+# (bytes, the content type a client would label them with)
+UPLOADS = st.sampled_from(
+    [(PNG, "image/png")] * 6
+    + [
+        (JPEG, "image/jpeg"),
+        (WEBP, "image/webp"),
+        (PNG, "application/octet-stream"),  # a PNG labelled as anything: the bytes decide
+        (PNG, "image/jpeg"),
+        (GIF, "image/gif"),
+        (b"hello", "text/plain"),  # not an image
+        (b"%PDF-1.4\n", "application/pdf"),
+        (b"", "image/png"),
+        (PNG[:5], "image/png"),  # a PNG's first bytes only
+        (b"\x00" * 300, "image/png"),
+    ]
+)
+FILE_FIELDS = st.sampled_from(["image"] * 12 + ["image[]"] * 6 + ["images", "Image", "image[0]", ""])
+FILENAMES = st.sampled_from(["a.png"] * 4 + ["", "é.png", "a\\b.png", "../../etc/passwd", "x" * 300 + ".png", None])
+# Form values as text, as a multipart form carries them.
+FORM_FIELDS = {
+    "n": st.sampled_from(["1", "2", "2", "0", "11", "-1", "x", "1.5", "", " 2 ", "\u0661", "9" * 5000]),
+    "size": st.sampled_from(["1024x1024", "1024x1024", "auto", "256x256", "", "x" * 21]),
+    "quality": st.sampled_from(["auto", "low", "high", "high", "ultra", ""]),
+    "background": st.sampled_from(["transparent", "opaque", "opaque", "clear"]),
+    "output_format": st.sampled_from(["png", "png", "jpeg", "gif"]),
+    "output_compression": st.sampled_from(["50", "50", "101", "x", ""]),
+    "response_format": st.sampled_from(["url", "url", "b64_json", "b64_json", "b64", ""]),
+    "input_fidelity": st.sampled_from(["low", "high", "max"]),
+    "stream": st.sampled_from(["false", "false", "False", "true", "0", ""]),
+    "user": st.sampled_from(["u1", "", "é" * 100]),
+    "mask": st.just("not a file"),  # a mask given as a text field
+}
+BOUNDARIES = st.sampled_from(["XyZ", "----WebKitFormBoundary7MA4YWxkTrZu0gW", "b" * 70, "a'()+_,-./:=?"])
+BREAKAGES = st.sampled_from(
+    ["none"] * 16
+    + [
+        "wrong boundary",
+        "no boundary",
+        "not multipart",
+        "no closing boundary",
+        "truncated",
+        "bare LF",
+        "preamble and epilogue",
+        "field repeated",
+        "part dropped",
+        "huge field",
+        "huge prompt",
+        "17 images",
+        "base64 part",
+        "no disposition",
+        "nested multipart",
+        "empty body",
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a multipart body: the Content-Disposition parameters, more headers, the bytes."""
+
+    params: bytes
+    data: bytes
+    headers: bytes = b""
+
+
+def text_part(name: str, value: str) -> Part:
+    return Part(b'name="' + name.encode() + b'"', value.encode("utf-8", "surrogatepass"))
+
+
+def file_part(name: str, data: bytes, content_type: str | None, filename: str | None = "a.png") -> Part:
+    params = b'name="' + name.encode() + b'"'
+    if filename is not None:
+        params += b'; filename="' + filename.encode() + b'"'
+    headers = b"" if content_type is None else b"\r\nContent-Type: " + content_type.encode()
+    return Part(params, data, headers)
+
+
+def multipart(parts: list[Part], boundary: str, *, closing: bool = True) -> bytes:
+    out = b""
+    for part in parts:
+        disposition = b"Content-Disposition: form-data; " + part.params if part.params else b"X-Part: 1"
+        out += b"--" + boundary.encode() + b"\r\n" + disposition + part.headers + b"\r\n\r\n" + part.data + b"\r\n"
+    return out + (b"--" + boundary.encode() + b"--\r\n" if closing else b"")
+
+
+def one_in(n: int) -> st.SearchStrategy[bool]:
+    """True once in `n` draws (st.integers would favour its bounds)."""
+    return st.sampled_from([False] * (n - 1) + [True])
+
+
+@st.composite
+def edit_case(draw) -> Case:
+    """A multipart edit request: mostly valid (a model, a prompt, one or more image files, maybe a
+    mask and a few fields), now and then broken in one way (the boundary, a part, the framing)."""
+    parts: list[Part] = []
+    model = draw(IMAGE_MODELS)
+    if not draw(one_in(20)):
+        parts.append(text_part("model", model if isinstance(model, str) else json.dumps(model)))
+    prompt = draw(weighted((8, st.sampled_from(["Make it blue", "add a hat"])), (1, TEXT), (1, st.just(""))))
+    if not draw(one_in(20)):
+        parts.append(text_part("prompt", prompt))
+    for _ in range(draw(st.integers(0, 3) if draw(one_in(6)) else st.just(1))):
+        data, content_type = draw(UPLOADS)
+        name = draw(FILE_FIELDS)
+        parts.append(file_part(name, data, draw(st.sampled_from([content_type] * 8 + [None])), draw(FILENAMES)))
+    if draw(one_in(6)):
+        data, content_type = draw(UPLOADS)
+        parts.append(file_part("mask", data, content_type, "mask.png"))
+    for name in draw(st.lists(st.sampled_from(sorted(FORM_FIELDS)), max_size=2, unique=True)):
+        parts.append(text_part(name, draw(FORM_FIELDS[name])))
+    if draw(one_in(7)):  # a field nobody knows
+        parts.append(
+            text_part(draw(st.sampled_from(["x", "metadata", "é", "a b", "partial_images"])), draw(st.text(max_size=8)))
+        )
+    draw(st.randoms()).shuffle(parts)
+
+    boundary = draw(BOUNDARIES)
+    content_type = f'multipart/form-data; boundary="{boundary}"'
+    closing = True
+    how = draw(BREAKAGES)
+    if how == "field repeated" and parts:
+        parts.append(draw(st.sampled_from(parts)))
+    elif how == "part dropped" and parts:
+        del parts[draw(st.integers(0, len(parts) - 1))]
+    elif how == "huge field":
+        parts.append(text_part(draw(st.sampled_from(["size", "user", "quality"])), "x" * 1_000_000))
+    elif how == "huge prompt":
+        parts.append(text_part("prompt", "word " * 200_000))
+    elif how == "17 images":
+        parts += [file_part("image[]", PNG, "image/png") for _ in range(17)]
+    elif how == "base64 part":
+        parts.append(
+            Part(b'name="image"; filename="b.png"', PNG_B64.encode(), b"\r\nContent-Transfer-Encoding: base64")
+        )
+    elif how == "no disposition":
+        parts.append(Part(b"", PNG, b"\r\nContent-Type: image/png"))
+    elif how == "nested multipart":
+        inner = multipart([file_part("image", PNG, "image/png")], "inner")
+        parts.append(
+            Part(b'name="image"; filename="n.png"', inner, b"\r\nContent-Type: multipart/mixed; boundary=inner")
+        )
+    elif how == "no closing boundary":
+        closing = False
+    body = multipart(parts, boundary, closing=closing)
+    if how == "wrong boundary":
+        content_type = "multipart/form-data; boundary=not-the-one"
+    elif how == "no boundary":
+        content_type = "multipart/form-data"
+    elif how == "not multipart":
+        content_type = draw(st.sampled_from(["application/json", "application/x-www-form-urlencoded", "text/plain"]))
+    elif how == "truncated":
+        body = body[: draw(st.integers(0, max(0, len(body) - 1)))]
+    elif how == "bare LF":
+        body = body.replace(b"\r\n", b"\n")
+    elif how == "preamble and epilogue":
+        body = b"preamble\r\n" + body + b"epilogue --" + boundary.encode() + b"\r\n"
+    elif how == "empty body":
+        body = b""
+    return Case("POST", EDITS, body, content_type, draw(KEY_LABELS), chunked=draw(CHUNKED))
+
+
 # --- bytes -----------------------------------------------------------------------------------
 
 
@@ -674,6 +1049,54 @@ VALID = [
         },
     ),
     (COUNT_TOKENS, {"model": CLAUDE, "messages": [{"role": "user", "content": "Hello"}], "system": "x"}),
+    (RESPONSES, {"model": "gpt-5", "input": "Hello", "max_output_tokens": 16}),
+    (RESPONSES, {"model": CLAUDE, "input": "Hello", "instructions": "Be brief", "store": False}),
+    (RESPONSES, {"model": "gpt-5", "input": "Again", "previous_response_id": STORED_ID, "store": True}),
+    (
+        RESPONSES,
+        {
+            "model": CLAUDE,
+            "stream": True,
+            "max_output_tokens": 2000,
+            "reasoning": {"effort": "low", "summary": "auto"},
+            "input": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "Weather?"},
+                        {"type": "input_image", "image_url": "data:image/png;base64," + PNG_B64},
+                    ],
+                },
+                {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "call_1", "output": "Sunny"},
+            ],
+            "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}],
+            "tool_choice": "auto",
+        },
+    ),
+    (
+        RESPONSES,
+        {
+            "model": "gpt-5",
+            "stream": True,
+            "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}],
+            "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}},
+            "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}],
+        },
+    ),
+    (IMAGES, {"model": IMAGE_MODEL, "prompt": "A red fox", "n": 2, "size": "1024x1024"}),
+    (
+        IMAGES,
+        {
+            "model": IMAGE_MODEL,
+            "prompt": "A cat",
+            "quality": "low",
+            "background": "transparent",
+            "output_format": "png",
+            "response_format": "b64_json",
+        },
+    ),
+    (IMAGES, {"model": IMAGE_MODEL, "prompt": "A cat", "response_format": "url", "output_compression": 50}),
     (
         COUNT_TOKENS,
         {
@@ -782,11 +1205,79 @@ RAW_BODIES = st.one_of(
 def raw_case(draw) -> Case:
     return Case(
         draw(st.sampled_from(["POST"] * 6 + ["PUT", "PATCH"])),
-        draw(st.sampled_from([CHAT, MESSAGES, COUNT_TOKENS, CHAT + "/", MESSAGES + "/"])),
+        draw(st.sampled_from([CHAT, MESSAGES, COUNT_TOKENS, CHAT + "/", MESSAGES + "/", RESPONSES, IMAGES, EDITS])),
         draw(RAW_BODIES),
         draw(CONTENT_TYPES),
         draw(KEY_LABELS),
         chunked=draw(CHUNKED),
+    )
+
+
+# Stands for the file name of an image the gateway really stored: the test puts a live one in its
+# place, so that downloads are fuzzed too.
+IMAGE_FILE = "FUZZ_IMAGE_FILE"
+ODD_IDS = st.sampled_from(
+    [
+        STORED_ID,
+        STORED_ID,
+        STORED_ID,
+        "resp_unknown",
+        "resp_" + "a" * 5000,  # longer than any id column
+        "resp_%ff%fe",
+        "%F0%9F%98%80",
+        "r%C3%A9sp",
+        "resp_1%2F..%2F..%2Fmodels",  # an encoded slash: one path segment to the client, several decoded
+        "resp_1%3Fx=1",  # an encoded "?": a query string if it reached an upstream URL unencoded
+        "resp_1%23frag",
+        "resp_1%20",
+        "%2e%2e",
+        "..%2F",
+        "resp_1;x",
+        "resp_1%0D%0AX-Injected:%201",
+        STORED_ID + "/extra",
+        "",
+    ]
+)
+STORED_SUFFIXES = st.sampled_from(
+    ["", "", "", "/input_items", "/cancel", "/input_items?limit=1&order=asc&x=1", "/x", "/"]
+)
+STORED_PATHS = st.builds(lambda rid, suffix: RESPONSES + "/" + rid + suffix, ODD_IDS, STORED_SUFFIXES)
+ODD_TOKENS = st.sampled_from(
+    [
+        IMAGE_FILE,
+        IMAGE_FILE,
+        IMAGE_FILE,
+        IMAGE_FILE + "?download=1",
+        "A" * 43 + ".png",  # well-formed, unknown
+        "A" * 43 + ".jpg",
+        "A" * 42 + ".png",
+        "A" * 43 + ".PNG",
+        "A" * 43,
+        "A" * 43 + ".png/extra",
+        "A" * 43 + ".png%00",
+        "%F0%9F%98%80.png",
+        "x" * 5000 + ".png",
+        "..%2F..%2Fsettings.py",
+        "%2e%2e",
+        "",
+        "a/b/c.png",
+        "A" * 43 + ".exe",
+    ]
+)
+IMAGE_FILE_PATHS = ODD_TOKENS.map(lambda token: IMAGE_FILES + token)
+STORED_METHODS = st.sampled_from(["GET"] * 6 + ["DELETE", "POST", "POST", "PUT", "PATCH", "HEAD", "OPTIONS"])
+
+
+@st.composite
+def stored_case(draw) -> Case:
+    """A stored-response or image-file URL with an odd id, by a method either takes or not."""
+    path = draw(weighted((3, STORED_PATHS), (2, IMAGE_FILE_PATHS)))
+    return Case(
+        draw(STORED_METHODS),
+        path,
+        draw(st.one_of(st.none(), st.none(), SMALL_BODIES)),
+        draw(CONTENT_TYPES),
+        draw(st.sampled_from(list(KEYS))),
     )
 
 
@@ -817,9 +1308,20 @@ PATHS = weighted(
                 COUNT_TOKENS,
                 MESSAGES + "/batches",
                 MESSAGES + "x",
-                "/v1/responses",
+                RESPONSES,
+                RESPONSES + "/",
+                RESPONSES + "/" + STORED_ID,
+                RESPONSES + "/" + STORED_ID + "/input_items",
+                RESPONSES + "/" + STORED_ID + "/cancel",
+                RESPONSES + "/resp_unknown",
                 "/v1/embeddings",
-                "/v1/images/generations",
+                IMAGES,
+                EDITS,
+                "/v1/images",
+                "/v1/images/files",
+                IMAGE_FILES,
+                IMAGE_FILES + IMAGE_FILE,
+                "/v1/images/variations",
                 "/v1/completions",
                 "/v1/chat",
                 "/v1//models",
@@ -839,6 +1341,8 @@ PATHS = weighted(
             lambda tail: MESSAGES + "/" + tail
         ),
     ),
+    (1, STORED_PATHS),
+    (1, IMAGE_FILE_PATHS),
 )
 METHODS = st.sampled_from(["GET", "GET", "POST", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
 SMALL_BODIES = st.one_of(

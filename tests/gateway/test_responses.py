@@ -6,6 +6,8 @@ request, proven against PostgreSQL."""
 from __future__ import annotations
 
 import json
+import time
+from datetime import timedelta
 from decimal import Decimal
 
 import httpx
@@ -13,9 +15,11 @@ import openai
 import pytest
 
 from billing import money, services
+from billing.models import Hold
 from tests.factories import AccountFactory, CatalogModelFactory, make_visible_model
 from tests.gateway.support import assert_ledger, assert_sdk_error, rejected, row_cost, sse_events
 from tests.gateway_fixtures import CLAUDE, GPT_PRICES
+from usage import services as services_usage
 from usage.models import UsageRecord
 
 GEMINI = "gemini-2.5-flash"
@@ -120,7 +124,9 @@ def test_an_upstream_rate_limit_is_a_429_the_sdk_raises(gateway):
     [
         ({"tools": [{"type": "web_search"}]}, "tools[0]", "tool_not_supported"),
         ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools[0]", "tool_not_supported"),
-        ({"background": True}, "background", "unsupported_parameter"),
+        ({"background": True, "stream": True}, "stream", "unsupported_parameter"),
+        ({"background": True, "store": False}, "store", "invalid_request"),
+        ({"background": "yes"}, "background", "invalid_request"),
         ({"conversation": "conv_123"}, "conversation", "unsupported_parameter"),
         ({"prompt": {"id": "pmpt_1"}}, "prompt", "unsupported_parameter"),
         ({"input": 5}, "input", "invalid_request"),
@@ -188,6 +194,92 @@ def test_unknown_stored_response_paths_and_methods(gateway):
         == 405
     )
     assert gateway.get("/v1/responses/resp_nope", key=False).status_code == 401
+
+
+# --- background responses: answered queued, billed when they finish ------------------------------
+
+
+def wait_for_status(client, response_id: str, status: str):
+    for _ in range(100):
+        current = client.responses.retrieve(response_id)
+        if current.status == status:
+            return current
+        time.sleep(0.05)
+    raise AssertionError(f"{response_id} never became {status}")
+
+
+def pending_row(gateway, response_id: str) -> UsageRecord:
+    row = UsageRecord.objects.get(response_id=response_id, endpoint="/v1/responses")
+    assert row.billing_result == "pending" and Hold.objects.get(pk=row.hold_id).state == Hold.State.OPEN
+    return row
+
+
+def test_a_background_response_is_billed_by_the_poller_when_it_finishes(gateway):
+    gateway.upstream.script(tokens={"prompt": 30, "completion": 12}, background_delay_ms=150)
+    raw = gateway.openai().responses.with_raw_response.create(model="gpt-5", input=HELLO, background=True)
+    queued = raw.parse()
+    assert queued.status == "queued" and queued.usage is None
+    # the request is answered, its row still pending with its hold open, held for the long run
+    row = pending_row(gateway, queued.id)
+    assert row.request_id == raw.headers["x-request-id"] and row.status == 200
+    assert Hold.objects.get(pk=row.hold_id).expires_at > row.started_at + timedelta(hours=1)
+    assert services_usage.responses_poll() == 0  # still running: nothing to settle
+    time.sleep(0.3)
+    assert services_usage.responses_poll() == 1
+    row.refresh_from_db()
+    assert (row.billing_result, row.input_tokens, row.output_tokens) == ("billed", 30, 12)
+    assert (
+        row.cost_usd
+        == row_cost(row)
+        == money.usage_cost(money.Prices(**GPT_PRICES), money.TokenUsage(input_tokens=30, output_tokens=12))
+    )
+    assert Hold.objects.get(pk=row.hold_id).state == Hold.State.SETTLED
+    assert_ledger(gateway.account.pk, spent=row.cost_usd)
+    assert services_usage.responses_poll() == 0  # settled once
+
+
+def test_the_customers_own_get_of_a_finished_background_response_bills_it(gateway):
+    gateway.upstream.script(tokens={"prompt": 5, "completion": 4}, background_delay_ms=50)
+    client = gateway.openai()
+    queued = client.responses.create(model="gpt-5", input=HELLO, background=True)
+    done = wait_for_status(client, queued.id, "completed")
+    assert done.usage.output_tokens == 4
+    row = UsageRecord.objects.get(response_id=queued.id, endpoint="/v1/responses")
+    assert (row.billing_result, row.output_tokens) == ("billed", 4)
+    assert_ledger(gateway.account.pk, spent=row.cost_usd)
+
+
+def test_a_running_background_response_cannot_be_deleted_before_it_is_billed(gateway):
+    gateway.upstream.script(tokens={"prompt": 5, "completion": 4}, background_delay_ms=400)
+    client = gateway.openai()
+    queued = client.responses.create(model="gpt-5", input=HELLO, background=True)
+    with pytest.raises(openai.ConflictError) as caught:
+        client.responses.delete(queued.id)
+    assert caught.value.body["code"] == "response_in_progress"
+    time.sleep(0.5)
+    client.responses.delete(queued.id)  # finished: billed on the way, then deleted
+    row = UsageRecord.objects.get(response_id=queued.id, endpoint="/v1/responses")
+    assert (row.billing_result, row.output_tokens) == ("billed", 4)
+
+
+def test_a_cancelled_background_response_is_settled_from_the_cancel(gateway):
+    gateway.upstream.script(background_delay_ms=5000)
+    client = gateway.openai()
+    queued = client.responses.create(model="gpt-5", input=HELLO, background=True)
+    cancelled = client.responses.cancel(queued.id)
+    assert cancelled.status == "cancelled"
+    row = UsageRecord.objects.get(response_id=queued.id, endpoint="/v1/responses")
+    assert row.billing_result in ("not_billed", "failed_but_billable") and row.error_code
+    assert Hold.objects.get(pk=row.hold_id).state != Hold.State.OPEN
+    assert_ledger(gateway.account.pk, spent=row.cost_usd)
+
+
+@pytest.mark.parametrize("model", [CLAUDE, GEMINI])
+def test_background_on_a_translated_route_is_a_clear_400(routes, model):
+    with pytest.raises(openai.BadRequestError) as caught:
+        routes.openai().responses.create(model=model, input="x", background=True)
+    assert_sdk_error(caught.value, status=400, code="unsupported_parameter", param="background")
+    assert not routes.upstream.requests
 
 
 # --- translated (Claude, Gemini) ----------------------------------------------------------------------

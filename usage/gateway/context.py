@@ -394,4 +394,8 @@ async def execute(state: GatewayState, statement: str, params: dict) -> tuple | 
 
 
 def dumps(data: object) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (valid in JSON's \u escapes) from the client: escaped
+        return json.dumps(data, separators=(",", ":")).encode()

@@ -39,7 +39,7 @@ from openbili.core.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from usage.gateway import sql
+from usage.gateway import deferred, sql
 from usage.gateway.body import read_request
 from usage.gateway.content_coding import decoder_for
 from usage.gateway.context import (
@@ -165,7 +165,8 @@ async def admit(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receive, send
     tpm_tokens = estimate_tokens(len(raw)) + (applied or 0) * parsed.choices
     await state.limiter.admit(key, tokens=tpm_tokens)
     row.update(max_tokens_applied=applied, price_snapshot_id=price.snapshot_id)
-    ttl = hold_ttl(model)
+    # A background response keeps its hold until it finishes (deferred.py), long after this request.
+    ttl = deferred.BACKGROUND_HOLD_SECONDS if parsed.deferred else hold_ttl(model)
     hold_amount = money.max_cost(
         price.prices,
         max_input_tokens=endpoint.input_bound(raw, parsed, model),
@@ -236,6 +237,8 @@ class Call:
         self.output_sent = False  # output bytes reached the client (the row's output_reached_client)
         self.mark_timer: asyncio.TimerHandle | None = None  # MARK_AFTER_SECONDS after the first byte
         self.reply_data: dict | None = None  # a whole answer's parsed JSON
+        # The first and last stream events the client got (Endpoint.track_sent only).
+        self.sent: tuple[dict | None, dict | None] = (None, None)
         self.settled = False
 
     async def reserve(self, amount) -> int | None:
@@ -396,6 +399,9 @@ class Call:
             data = decoder.decode(data)
         reply = self.provider.reply(data)
         self.reply_data = reply.data
+        if self.parsed.deferred and self.translation is None and deferred.running(reply.data):
+            await self.defer(data)
+            return
         if self.translation is None:
             translated = None  # pass-through: the upstream's bytes, untouched
         else:
@@ -418,7 +424,7 @@ class Call:
             raise UpstreamOutcome(UpstreamFailure(exc)) from exc
         usage, estimated = reply.usage, False
         if usage is None:
-            usage, estimated = self.estimate(reply.output_bytes), True
+            usage, estimated = dataclasses.replace(self.estimate(reply.output_bytes), images=reply.images), True
         ctx = self.ctx
         if ctx.disconnected_at is not None:
             # The client left while the upstream worked: nothing reached it, but the upstream
@@ -453,6 +459,7 @@ class Call:
             else None
         )
         finals = endpoint.final_events
+        track = endpoint.track_sent
         held = b""  # the last event(s) of a Responses stream, sent once the bill is settled
         wants_usage = self.parsed.wants_usage
         ctx.response_started = True
@@ -481,11 +488,15 @@ class Call:
                     out = b"".join(e.raw for e in events if not e.final and (wants_usage or not e.hidden))
                     if finals:
                         held += b"".join(e.raw for e in events if e.final)
+                    if track:
+                        self.note_sent([e.data for e in events if e.data is not None and not e.final])
                 else:
                     translated = [client for e in events for client in translator.feed(e)]
                     out = b"".join(endpoint.encode(c) for c in translated if c.get("type") not in finals)
                     if finals:
                         held += b"".join(endpoint.encode(c) for c in translated if c.get("type") in finals)
+                    if track:
+                        self.note_sent([c for c in translated if c.get("type") not in finals])
                 if ctx.disconnected_at is not None:
                     break  # nobody to send to: what the upstream made so far never reached the client
                 if out:
@@ -540,8 +551,43 @@ class Call:
             output_reached=self.output_sent,
             error=(error.code, message),
         )
-        event = endpoint.stream_error(error, request_id=ctx.request_id, trace_id=ctx.trace_id)
+        event = endpoint.stream_error(error, request_id=ctx.request_id, trace_id=ctx.trace_id, sent=self.sent)
         await self.send({"type": "http.response.body", "body": event, "more_body": False})
+
+    async def defer(self, out: bytes) -> None:
+        """A background response the upstream has queued: its row stays pending with the response
+        id and its hold open, to be settled when it finishes (deferred.py); the client gets the
+        queued response now."""
+        self.settled = True  # by the poller or the customer's GET, not by this request
+        route, ctx, row = self.route, self.ctx, self.ctx.row
+        assert route is not None and row is not None and self.provider is not None
+        row.update(
+            response_id=db_text(self.provider.stored_id(self.reply_data, None), 100),
+            route_id=route.id,
+            provider=route.provider,
+            upstream_model=route.upstream_model,
+            first_byte_at=now_utc(),
+            attempts=json.dumps(self.attempts),
+        )
+        try:
+            await execute(self.state, deferred.MARK, {column: row[column] for column in deferred.MARK_PARAMS})
+        except Exception:  # unmarked, nobody settles it: the sweeper releases the hold, not billed
+            log.exception("request_id=%s background response could not be marked for billing", ctx.request_id)
+        if self.state.limiter is not None and ctx.key is not None:
+            self.state.limiter.consume(ctx.key, money.TokenUsage(), reserved=self.tpm_tokens)
+        ctx.response_started = True
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", JSON), (b"content-length", str(len(out)).encode()), *ctx.id_headers()],
+            }
+        )
+        await self.send({"type": "http.response.body", "body": out})
+
+    def note_sent(self, events: list[dict]) -> None:
+        if events:
+            self.sent = (self.sent[0] or events[0], events[-1])
 
     def mark(self) -> None:
         """MARK_AFTER_SECONDS into the stream: its row says it is streaming (sql.MARK_STREAMING);
@@ -583,7 +629,8 @@ class Call:
         reported = self.reader.input_usage if self.reader is not None else None
         if reported is not None:
             return dataclasses.replace(reported, output_tokens=output_tokens)
-        return money.TokenUsage(input_tokens=estimate_tokens(len(self.raw)), output_tokens=output_tokens)
+        prompt = self.endpoint.prompt_bytes(self.raw, self.body)
+        return money.TokenUsage(input_tokens=estimate_tokens(prompt), output_tokens=output_tokens)
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -611,7 +658,9 @@ class Call:
         )
         try:
             if stream_started:
-                event = self.endpoint.stream_error(error, request_id=ctx.request_id, trace_id=ctx.trace_id)
+                event = self.endpoint.stream_error(
+                    error, request_id=ctx.request_id, trace_id=ctx.trace_id, sent=self.sent
+                )
                 await self.send({"type": "http.response.body", "body": event, "more_body": False})
                 return
             body = self.endpoint.error_body(error, request_id=ctx.request_id, trace_id=ctx.trace_id)

@@ -49,6 +49,7 @@ class Parsed:
     images: int = 0  # image parts (each adds IMAGE_TOKENS to the input bound)
     images_out: int = 0  # images the request asks to generate (each held at the per-image price)
     unbounded_input: bool = False  # content fetched by URL of unknown size (a PDF): bound by the context
+    deferred: bool = False  # answered before the work is done (a background response): billed later
 
 
 def positive_int(body: dict, name: str) -> int | None:
@@ -89,6 +90,7 @@ class Endpoint:
     # Translated stream events of these types end a successful stream: held back, like the
     # terminator, until the bill is settled (Responses' response.completed carries the usage).
     final_events: frozenset[str] = frozenset()
+    track_sent = False  # the lifecycle keeps the stream's first and last events for stream_error
 
     def parse(self, raw: bytes, content_type: str) -> dict:
         """The request body as a dict (JSON here; the image edits endpoint reads multipart)."""
@@ -110,6 +112,11 @@ class Endpoint:
     def output_bound(self, parsed: Parsed, applied: int | None, model: ModelInfo) -> int:
         return (applied or model.max_output_tokens) * parsed.choices
 
+    def prompt_bytes(self, raw: bytes, body: dict) -> int:
+        """The bytes a missing usage's input is estimated from: the request's (an image edit's
+        files are not its prompt)."""
+        return len(raw)
+
     async def prepare(self, state: Any, ctx: Any, body: dict, model: ModelInfo) -> ModelInfo:
         """After the model is resolved, before the hold: the model to serve the request with (its
         routes narrowed, say, to the one that stored a conversation). Refusals raise."""
@@ -123,8 +130,17 @@ class Endpoint:
     def error_body(self, error: OpenbiliError, *, request_id: str, trace_id: str) -> bytes:
         raise NotImplementedError
 
-    def stream_error(self, error: OpenbiliError, *, request_id: str, trace_id: str) -> bytes:
-        """The event that ends a failed stream (never followed by the terminator)."""
+    def stream_error(
+        self,
+        error: OpenbiliError,
+        *,
+        request_id: str,
+        trace_id: str,
+        sent: tuple[dict | None, dict | None] = (None, None),
+    ) -> bytes:
+        """The event that ends a failed stream (never followed by the terminator). `sent` is the
+        first and the last event the client got, parsed, for formats whose error event names its
+        stream (a Responses stream's id and sequence numbers); kept only for those (track_sent)."""
         raise NotImplementedError
 
     def encode(self, event: dict) -> bytes:

@@ -76,7 +76,14 @@ class ChatEndpoint(Endpoint):
     def error_body(self, error: OpenbiliError, *, request_id: str, trace_id: str) -> bytes:
         return json.dumps(openai_error_body(error, request_id=request_id, trace_id=trace_id)).encode()
 
-    def stream_error(self, error: OpenbiliError, *, request_id: str, trace_id: str) -> bytes:
+    def stream_error(
+        self,
+        error: OpenbiliError,
+        *,
+        request_id: str,
+        trace_id: str,
+        sent: tuple[dict | None, dict | None] = (None, None),
+    ) -> bytes:
         return openai_stream_error(error, request_id=request_id, trace_id=trace_id)
 
     def encode(self, event: dict) -> bytes:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
+import re
 from email import policy
 from email.parser import BytesParser
 from typing import Any
@@ -29,6 +31,8 @@ from usage.gateway.state import ModelInfo
 MAX_IMAGES = 10  # OpenAI's own bound on `n`
 MAX_PROMPT_CHARS = 32000  # gpt-image's (dall-e-3 takes 4,000, dall-e-2 1,000: their upstream says so)
 MAX_INPUT_IMAGES = 16
+EDIT_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})  # what gpt-image edits take
+FIELD = re.compile(r"[a-z_]{1,40}(\[\])?")  # form field names: OpenAI's are lower-case words
 CHOICES = {
     "response_format": ("url", "b64_json"),
     "output_format": ("png", "jpeg", "webp"),
@@ -79,11 +83,14 @@ class ImagesEndpoint(Endpoint):
 
     def input_bound(self, raw: bytes, parsed: Parsed, model: ModelInfo) -> int:
         # The prompt's bytes, not the request's: an edit's image files are counted per image.
-        prompt = self.prompt_bytes(raw, parsed)
+        prompt = self.bound_bytes(raw)
         return min(prompt + TEMPLATE_TOKENS + IMAGE_TOKENS * parsed.images, model.context_window)
 
-    def prompt_bytes(self, raw: bytes, parsed: Parsed) -> int:
+    def bound_bytes(self, raw: bytes) -> int:
         return len(raw)
+
+    def prompt_bytes(self, raw: bytes, body: dict) -> int:
+        return len(str(body.get("prompt", "")).encode())  # an edit's files are counted per image
 
     async def deliver(self, call: Any, data: dict | None, out: bytes | None) -> bytes:
         if not isinstance(data, dict) or not isinstance(data.get("data"), list):
@@ -140,15 +147,20 @@ class ImageEditsEndpoint(ImagesEndpoint):
         if len(images) > MAX_INPUT_IMAGES:
             raise InvalidRequest(f"At most {MAX_INPUT_IMAGES} images may be edited at once.", param="image")
         for index, part in enumerate(images):
-            if image_store.sniff(part.data) is None:
+            sniffed = image_store.sniff(part.data)
+            if sniffed not in EDIT_TYPES:
                 raise InvalidRequest(f"image[{index}] must be a PNG, JPEG or WEBP file.", param="image")
+            # The upstream is told what the bytes are, not what the client's part header said.
+            images[index] = dataclasses.replace(part, content_type=sniffed)
         mask = body.get("mask")
         if mask is not None and (not isinstance(mask, FilePart) or image_store.sniff(mask.data) != "image/png"):
             raise InvalidRequest("'mask' must be a PNG file.", param="mask")
+        if mask is not None:
+            body["mask"] = dataclasses.replace(mask, content_type="image/png")
         parsed.images = len(images) + (mask is not None)
         return parsed
 
-    def prompt_bytes(self, raw: bytes, parsed: Parsed) -> int:
+    def bound_bytes(self, raw: bytes) -> int:
         return 4 * MAX_PROMPT_CHARS  # the prompt is capped; the files are counted per image
 
 
@@ -168,6 +180,10 @@ def parse_multipart(raw: bytes, content_type: str) -> dict:
         name = part.get_param("name", header="content-disposition")
         if not isinstance(name, str):
             continue
+        if FIELD.fullmatch(name) is None:
+            # OpenAI refuses what it does not know; and a name is written into the upstream's own
+            # part headers, where a quote or a line break must never arrive.
+            raise InvalidRequest(f"Unknown multipart field {name[:40]!r}.", param=name[:40])
         payload = part.get_payload(decode=True)
         payload = payload if isinstance(payload, bytes) else b""
         filename = part.get_filename()

@@ -85,7 +85,14 @@ class MessagesEndpoint(Endpoint):
     def error_body(self, error: OpenbiliError, *, request_id: str, trace_id: str) -> bytes:
         return json.dumps(anthropic_error_body(error, request_id=request_id, trace_id=trace_id)).encode()
 
-    def stream_error(self, error: OpenbiliError, *, request_id: str, trace_id: str) -> bytes:
+    def stream_error(
+        self,
+        error: OpenbiliError,
+        *,
+        request_id: str,
+        trace_id: str,
+        sent: tuple[dict | None, dict | None] = (None, None),
+    ) -> bytes:
         return b"event: error\ndata: " + self.error_body(error, request_id=request_id, trace_id=trace_id) + b"\n\n"
 
     def encode(self, event: dict) -> bytes:

@@ -10,8 +10,9 @@ module decides for every route:
   a `previous_response_id` or a GET of another account's response would read a stranger's
   conversation: the gateway serves only ids its own usage rows gave this account, and sends a
   continuation to the route that stored it (endpoints/stored.py). `conversation` and stored
-  `prompt` templates live in the platform's organisation too and are refused outright;
-  `background` is refused because its usage is only known after the request has returned.
+  `prompt` templates live in the platform's organisation too and are refused outright.
+- **Background responses** (OpenAI routes, not streamed) are answered queued at once and billed
+  when they finish: their hold and pending row outlive the request (deferred.py).
 - A continuation's input includes the stored conversation, which the request's bytes do not
   bound: its hold covers the model's context window.
 
@@ -44,10 +45,11 @@ REFUSED = {
     "conversation in `input`, or continue it with `previous_response_id`.",
     "prompt": "Stored prompt templates are not available through Openbili; send `instructions` and `input`.",
 }
-BACKGROUND = (
-    "Background responses are not available through Openbili yet (their usage is only known after the "
-    "request returns); stream the response instead."
+BACKGROUND_STREAM = (
+    "Streaming a background response is not available through Openbili yet: create it without `stream` "
+    "and poll GET /v1/responses/{id}."
 )
+STATEFUL = ("previous_response_id", "background")  # need a route that stores responses: OpenAI's
 FINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
 
 
@@ -91,10 +93,10 @@ def _tools(body: dict) -> None:
         raise InvalidRequest("'tools' must be an array.", param="tools")
     for index, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind not in OWN_TOOLS:
+        if not isinstance(kind, str) or kind not in OWN_TOOLS:
             raise InvalidRequest(
-                f"Tool type {kind!r} (tools[{index}]) is not available through Openbili: hosted tools are billed "
-                "per call by the provider. Use function tools and run them yourself.",
+                f"Tool type {str(kind)[:50]!r} (tools[{index}]) is not available through Openbili: hosted tools "
+                "are billed per call by the provider. Use function tools and run them yourself.",
                 param=f"tools[{index}]",
                 code="tool_not_supported",
             )
@@ -104,10 +106,15 @@ def _stateful(body: dict) -> None:
     for name, why in REFUSED.items():
         if body.get(name) is not None:
             raise InvalidRequest(why, param=name, code="unsupported_parameter")
-    if body.get("background") not in (None, False):
-        raise InvalidRequest(BACKGROUND, param="background", code="unsupported_parameter")
+    background = body.get("background")
+    if background is not None and not isinstance(background, bool):
+        raise InvalidRequest("'background' must be a boolean.", param="background")
+    if background and body.get("store") is False:
+        raise InvalidRequest("A background response must be stored: omit `store` or set it to true.", param="store")
+    if background and body.get("stream"):
+        raise InvalidRequest(BACKGROUND_STREAM, param="stream", code="unsupported_parameter")
     previous = body.get("previous_response_id")
-    if previous is not None and (not isinstance(previous, str) or not previous or len(previous) > 200):
+    if previous is not None and not stored.well_formed(previous):
         raise InvalidRequest("'previous_response_id' must be a response id.", param="previous_response_id")
     store = body.get("store")
     if store is not None and not isinstance(store, bool):
@@ -119,6 +126,7 @@ class ResponsesEndpoint(Endpoint):
     path = "/v1/responses"
     terminator = b""  # the final event is the upstream's own response.completed, held back (FINAL_EVENTS)
     final_events = FINAL_EVENTS
+    track_sent = True
 
     def validate(self, body: dict) -> Parsed:
         model = model_name(body)
@@ -138,17 +146,19 @@ class ResponsesEndpoint(Endpoint):
             images=images,
             # A continuation carries the stored conversation, which these bytes do not bound.
             unbounded_input=files or body.get("previous_response_id") is not None,
+            deferred=body.get("background") is True,
         )
 
     async def prepare(self, state: Any, ctx: Any, body: dict, model: ModelInfo) -> ModelInfo:
-        if body.get("previous_response_id") is None:
+        stateful = next((name for name in STATEFUL if body.get(name) not in (None, False)), None)
+        if stateful is None:
             return model
         passing = tuple(r for r in model.routes if (a := adapter_for(r.provider, self.fmt)) is not None and not a[1])
         if not passing:
             raise InvalidRequest(
                 f"The model '{model.name}' is not served by OpenAI, which alone stores responses: send the "
-                "conversation in `input` instead of `previous_response_id`.",
-                param="previous_response_id",
+                f"conversation in `input` instead of `{stateful}`.",
+                param=stateful,
                 code="unsupported_parameter",
             )
         return await stored.pin(state, ctx, body, dataclasses.replace(model, routes=passing))
@@ -162,22 +172,34 @@ class ResponsesEndpoint(Endpoint):
     def error_body(self, error: OpenbiliError, *, request_id: str, trace_id: str) -> bytes:
         return json.dumps(openai_error_body(error, request_id=request_id, trace_id=trace_id)).encode()
 
-    def stream_error(self, error: OpenbiliError, *, request_id: str, trace_id: str) -> bytes:
+    def stream_error(
+        self,
+        error: OpenbiliError,
+        *,
+        request_id: str,
+        trace_id: str,
+        sent: tuple[dict | None, dict | None] = (None, None),
+    ) -> bytes:
+        first, last = sent
+        started = first.get("response") if first is not None else None
+        response = dict(started) if isinstance(started, dict) else {}
+        response.setdefault("id", "resp_" + request_id.removeprefix("req_"))  # a stream that never began
+        response.update(
+            object="response",
+            status="failed",
+            error={"code": error.code, "message": error.message},
+            output=[],
+            usage=None,
+        )
+        response.setdefault("created_at", int(time.time()))
+        sequence = last.get("sequence_number") if last is not None else None
+        sequence = sequence + 1 if isinstance(sequence, int) else 0
         body = openai_error_body(error, request_id=request_id, trace_id=trace_id)
-        failed = {
-            "type": "response.failed",
-            "response": {
-                "id": "resp_" + request_id.removeprefix("req_"),
-                "object": "response",
-                "created_at": int(time.time()),
-                "status": "failed",
-                "error": {"code": error.code, "message": error.message},
-                "output": [],
-            },
-        }
+        failed = {"type": "response.failed", "sequence_number": sequence, "response": response}
         # The documented error event (code, message, param) with the error object beside them:
         # the SDK raises APIError on an event whose data has `error`.
-        event = {"type": "error", "code": error.code, "message": error.message, "param": error.param} | body
+        event = {"type": "error", "sequence_number": sequence + 1, "code": error.code, "message": error.message}
+        event |= {"param": error.param} | body
         return self.encode(failed) + self.encode(event)
 
     def encode(self, event: dict) -> bytes:

@@ -13,26 +13,48 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 
+from billing import money
 from openbili.core.errors import InvalidRequest, OpenbiliError, UpstreamError, UpstreamUnavailable
+from usage.gateway import deferred, sql
 from usage.gateway.context import JSON, Ctx, authenticate, db_text, now_utc
 from usage.gateway.providers.openai.responses import OpenAIResponsesProvider
 from usage.gateway.state import GatewayState, ModelInfo, RouteInfo
 
-FIND = """
-SELECT route_id, model_requested FROM usage_usagerecord
-WHERE account_id = %(account_id)s AND response_id = %(response_id)s
-ORDER BY started_at DESC LIMIT 1
+# (Its column list is constants, deferred.PENDING_COLUMNS: nothing of the request's.)
+FIND = f"""
+SELECT route_id, model_requested, billing_result, {", ".join(deferred.PENDING_COLUMNS)}
+  FROM usage_usagerecord
+ WHERE account_id = %(account_id)s AND response_id = %(response_id)s
+ ORDER BY started_at DESC LIMIT 1
+"""  # noqa: S608
+PRICES = """
+SELECT input_per_mtok, output_per_mtok, cached_input_per_mtok, cache_write_per_mtok, per_image, per_request
+  FROM billing_pricesnapshot WHERE id = %(id)s
 """
 PROVIDER = OpenAIResponsesProvider()
+ID = re.compile(r"[A-Za-z0-9_\-]{1,100}")
 TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
 # (method, suffix after /v1/responses/{id}) → what it does, for the row's endpoint
 OPERATIONS = {("GET", ""), ("DELETE", ""), ("POST", "/cancel"), ("GET", "/input_items")}
 LISTING = frozenset({"after", "before", "limit", "order", "include", "include[]"})
+
+
+class ResponseStillRunning(OpenbiliError):
+    status = 409
+    code = "response_in_progress"
+    error_class = "invalid_request"
+    openai_type = "invalid_request_error"
+    message = (
+        "This background response is still running and has not been billed yet: cancel it "
+        "(POST /v1/responses/{id}/cancel) or wait for it to finish, then delete it."
+    )
 
 
 class ResponseNotFound(OpenbiliError):
@@ -42,15 +64,40 @@ class ResponseNotFound(OpenbiliError):
     openai_type = "invalid_request_error"
 
 
-async def find(state: GatewayState, account_id: int, response_id: str) -> tuple[int | None, str] | None:
-    """(route id, model) of this account's stored response, or None."""
+def well_formed(response_id: object) -> bool:
+    """An id the upstream could have given (OpenAI's are resp_ + hex): anything else is not
+    found without a query (a NUL or a lone surrogate would not even reach PostgreSQL)."""
+    return isinstance(response_id, str) and ID.fullmatch(response_id) is not None
 
+
+async def find(state: GatewayState, account_id: int, response_id: str) -> tuple | None:
+    """(route id, model, billing_result, *deferred.PENDING_COLUMNS) of this account's stored
+    response, or None."""
+    if not well_formed(response_id):
+        return None
+    return await _fetch(state, FIND, {"account_id": account_id, "response_id": response_id[:100]})
+
+
+async def _fetch(state: GatewayState, statement: str, params: dict) -> tuple | None:
     async def run(pool, _):
         async with pool.connection() as conn:
-            cursor = await conn.execute(FIND, {"account_id": account_id, "response_id": response_id[:100]})
+            cursor = await conn.execute(statement, params)
             return await cursor.fetchone()
 
     return await state.on_db(run, None)
+
+
+async def settle_if_done(state: GatewayState, found: tuple, data: dict) -> None:
+    """A background response seen finished: settle its bill now (the poller would, later)."""
+    if found[2] != "pending":
+        return
+    row = dict(zip(deferred.PENDING_COLUMNS, found[3:], strict=True))
+    prices = await _fetch(state, PRICES, {"id": row["price_snapshot_id"]})
+    if prices is None:
+        return
+    item = deferred.settle_item(row, data, money.Prices(*prices))
+    if item is not None:
+        await _fetch(state, sql.SETTLE_ONE, item)
 
 
 def _route(catalog: dict[str, ModelInfo], route_id: int | None) -> RouteInfo | None:
@@ -96,23 +143,9 @@ def _listing(query: bytes) -> str:
     return urlencode([(k, v) for k, v in pairs if k in LISTING][:20])
 
 
-async def handle(
-    state: GatewayState, ctx: Ctx, send, method: str, response_id: str, suffix: str, query: bytes = b""
-) -> None:
-    """Forward one stored-response call to the route that holds it; its usage row (not billed)."""
-    ctx.endpoint = "/v1/responses/{id}" + suffix  # the row's endpoint names the operation, not the id
-    key = await authenticate(state, ctx)
-    row = ctx.new_row()
-    found = await find(state, key.account_id, response_id) if response_id else None
-    route = _route(await state.catalog(), found[0]) if found else None
-    if found is None or route is None:
-        raise ResponseNotFound(f"Response with id '{db_text(response_id, 100)}' not found.")
-    row.update(model_requested=found[1], route_id=route.id, provider=route.provider)
-    row["upstream_model"] = route.upstream_model
-    listing = _listing(query) if suffix == "/input_items" else ""
-    call = PROVIDER.stored_call(method, response_id, suffix, route=route, query=listing)
+async def _call(state: GatewayState, call) -> tuple[int, Any, dict | None, bytes]:
+    """(status, headers, the JSON object or None, the bytes) of one call to the upstream."""
     assert state.http is not None
-    started = time.monotonic()
     try:
         async with state.http.request(
             call.method, call.url, headers=call.headers, data=call.body, timeout=TIMEOUT
@@ -120,6 +153,39 @@ async def handle(
             data, status, headers = await response.read(), response.status, response.headers
     except (TimeoutError, aiohttp.ClientError) as exc:
         raise UpstreamUnavailable(f"Could not reach the upstream ({type(exc).__name__}).") from exc
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        parsed = None
+    return status, headers, parsed if isinstance(parsed, dict) else None, data
+
+
+async def handle(
+    state: GatewayState, ctx: Ctx, send, method: str, response_id: str, suffix: str, query: bytes = b""
+) -> None:
+    """Forward one stored-response call to the route that holds it; its usage row (not billed).
+    A background response seen finished is billed on the way (its own row, deferred.py)."""
+    ctx.endpoint = "/v1/responses/{id}" + suffix  # the row's endpoint names the operation, not the id
+    key = await authenticate(state, ctx)
+    row = ctx.new_row()
+    found = await find(state, key.account_id, response_id)
+    route = _route(await state.catalog(), found[0]) if found else None
+    # A key scoped to other models does not see this one's responses either.
+    if found is None or route is None or not key.allows(found[1]):
+        raise ResponseNotFound(f"Response with id '{db_text(response_id, 100)}' not found.")
+    row.update(model_requested=found[1], route_id=route.id, provider=route.provider)
+    row["upstream_model"] = route.upstream_model
+    if method == "DELETE" and found[2] == "pending":
+        # A background response deleted before it was billed could never be: settle it first.
+        status, _, current, _ = await _call(state, PROVIDER.stored_call("GET", response_id, "", route=route))
+        if status >= 300 or current is None or deferred.running(current):
+            raise ResponseStillRunning()
+        await settle_if_done(state, found, current)
+    listing = _listing(query) if suffix == "/input_items" else ""
+    started = time.monotonic()
+    status, headers, parsed, data = await _call(
+        state, PROVIDER.stored_call(method, response_id, suffix, route=route, query=listing)
+    )
     attempt = {"attempt": 1, "route_id": route.id, "provider": route.provider, "upstream_model": route.upstream_model}
     attempt |= {"status": status, "error": "", "ms": round((time.monotonic() - started) * 1000, 1)}
     if status >= 300:
@@ -129,10 +195,10 @@ async def handle(
         attempt["error"] = error.code
         row["attempts"] = json.dumps([attempt])
         raise error
-    try:
-        json.loads(data)
-    except ValueError as exc:
-        raise UpstreamError("the upstream returned a malformed response") from exc
+    if parsed is None:
+        raise UpstreamError("the upstream returned a malformed response")
+    if method != "DELETE" and suffix != "/input_items":
+        await settle_if_done(state, found, parsed)
     row.update(status=200, billing_result="not_billed", finished_at=now_utc(), attempts=json.dumps([attempt]))
     await state.write_row(row)
     ctx.row_written = ctx.response_started = True

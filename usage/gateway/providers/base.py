@@ -41,6 +41,7 @@ class Reply:
     data: dict | None  # the JSON object (None when the body is not one)
     usage: TokenUsage | None  # None: the upstream reported none (the lifecycle estimates it)
     output_bytes: int = 0  # UTF-8 bytes of the generated text, to estimate a missing usage
+    images: int = 0  # images generated, counted from the answer: billed even when usage is missing
 
 
 @dataclass(slots=True)

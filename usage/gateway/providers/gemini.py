@@ -328,7 +328,8 @@ class GeminiProvider(Provider):
         if not isinstance(data, dict):
             return Reply(data=None, usage=None)
         size, images = _output(data)
-        return Reply(data=data, usage=usage_from_gemini(data.get("usageMetadata"), images=images), output_bytes=size)
+        usage = usage_from_gemini(data.get("usageMetadata"), images=images)
+        return Reply(data=data, usage=usage, output_bytes=size, images=images)
 
     def reader(self) -> GeminiReader:
         return GeminiReader()

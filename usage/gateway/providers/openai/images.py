@@ -27,11 +27,18 @@ class FilePart:
     data: bytes
 
 
-def images_usage(data: dict) -> TokenUsage:
+def count_images(data: dict) -> int:
     items = data.get("data")
-    images = sum(1 for item in items if isinstance(item, dict)) if isinstance(items, list) else 0
-    usage = usage_from_openai(data.get("usage")) or TokenUsage()
-    return dataclasses.replace(usage, output_tokens=0, reasoning_tokens=0, images=images)
+    return sum(1 for item in items if isinstance(item, dict)) if isinstance(items, list) else 0
+
+
+def images_usage(data: dict) -> TokenUsage | None:
+    """The reported usage with the images counted (None: none reported; the lifecycle estimates
+    the prompt and keeps Reply.images)."""
+    usage = usage_from_openai(data.get("usage"))
+    if usage is None:
+        return None
+    return dataclasses.replace(usage, output_tokens=0, reasoning_tokens=0, images=count_images(data))
 
 
 class OpenAIImagesProvider(OpenAIProvider):
@@ -46,8 +53,9 @@ class OpenAIImagesProvider(OpenAIProvider):
         data = json_reply(raw)
         if data is None:
             return Reply(data=None, usage=None)
-        # Always a usage (an image count at least): estimating one from base64 bytes would be nonsense.
-        return Reply(data=data, usage=images_usage(data))
+        # No output_bytes: a missing usage's output is not estimated from base64 (an image is
+        # billed per image, counted here either way).
+        return Reply(data=data, usage=images_usage(data), images=count_images(data))
 
 
 class OpenAIImageEditsProvider(OpenAIImagesProvider):
@@ -68,11 +76,11 @@ def encode_multipart(fields: dict, boundary: str) -> bytes:
     out: list[bytes] = []
     for name, value in fields.items():
         values = value if isinstance(value, list) else [value]
-        field = f"{name}[]" if isinstance(value, list) and len(value) > 1 else name
+        field = _header_safe(f"{name}[]" if isinstance(value, list) and len(value) > 1 else name)
         for item in values:
             out.append(f"--{boundary}\r\n".encode())
             if isinstance(item, FilePart):
-                filename = item.filename.replace('"', "%22").replace("\r", "").replace("\n", "")
+                filename = _header_safe(item.filename)
                 out.append(
                     f'Content-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
                     f"Content-Type: {item.content_type}\r\n\r\n".encode()
@@ -85,3 +93,8 @@ def encode_multipart(fields: dict, boundary: str) -> bytes:
             out.append(b"\r\n")
     out.append(f"--{boundary}--\r\n".encode())
     return b"".join(out)
+
+
+def _header_safe(value: str) -> str:
+    """A value for a quoted Content-Disposition parameter: no quote, no line break."""
+    return value.replace('"', "%22").replace("\r", "").replace("\n", "")
