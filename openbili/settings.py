@@ -75,7 +75,10 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # the docs page's assets, served locally (no CDN)
+    "corsheaders",
     "openbili.core",
+    "openbili.api",
     "billing",
     "usage",
     "tickets",
@@ -85,6 +88,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "corsheaders.middleware.CorsMiddleware",  # before CommonMiddleware, as its docs ask
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -166,17 +170,40 @@ WHITENOISE_USE_FINDERS = True
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    # A script's personal token (Authorization: Bearer obt_…) or a browser's session (CSRF on writes).
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "openbili.api.auth.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "openbili.api.pagination.Cursor",
+    "EXCEPTION_HANDLER": "openbili.api.errors.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.ScopedRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"login": os.environ.get("OPENBILI_API_LOGIN_RATE", "30/min")},
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Openbili dashboard API",
-    "DESCRIPTION": "Per-account REST API for the Openbili console. The /v1 gateway follows the OpenAI "
-    "and Anthropic wire formats and is documented in the README.",
-    "VERSION": "0.1.0",
+    "DESCRIPTION": "Per-account REST API for the Openbili console and customers' scripts, under /api/v1/. "
+    "Sign in with a session (POST /api/v1/auth/login, CSRF on writes) or a personal token "
+    "(Authorization: Bearer obt_…). The /v1 gateway follows the OpenAI and Anthropic wire formats and is "
+    "documented in the README.",
+    "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
+# Dashboards on another origin (the console, a customer's own): they may call /api/ with the
+# session cookie. The same origins are trusted for CSRF.
+CONSOLE_ORIGINS = env_list("OPENBILI_CONSOLE_ORIGINS", "")
+CORS_ALLOWED_ORIGINS = CONSOLE_ORIGINS
+CORS_ALLOW_CREDENTIALS = True
+CORS_URLS_REGEX = r"^/api/.*$"
+CSRF_TRUSTED_ORIGINS = [*CSRF_TRUSTED_ORIGINS, *CONSOLE_ORIGINS]
 
 # Billing
 # A hold that was never settled (its request died) is released by the sweeper after this many seconds.

@@ -1,0 +1,3 @@
+"""balance endpoints of the dashboard API."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""keys endpoints of the dashboard API."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""plaza endpoints of the dashboard API."""
+
+urlpatterns: list = []

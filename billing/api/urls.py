@@ -1,0 +1,3 @@
+from billing.api import balance, keys, plaza
+
+urlpatterns = [*keys.urlpatterns, *plaza.urlpatterns, *balance.urlpatterns]

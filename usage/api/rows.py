@@ -1,0 +1,3 @@
+"""rows endpoints of the dashboard API."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""summary endpoints of the dashboard API."""
+
+urlpatterns: list = []

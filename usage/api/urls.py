@@ -1,0 +1,3 @@
+from usage.api import rows, summary
+
+urlpatterns = [*rows.urlpatterns, *summary.urlpatterns]
