@@ -205,10 +205,15 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "openbili.api.schema.add_error_responses",
+    ],
 }
 # Dashboards on another origin (the console, a customer's own): they may call /api/ with the
 # session cookie. The same origins are trusted for CSRF.
 CONSOLE_ORIGINS = env_list("OPENBILI_CONSOLE_ORIGINS", "")
+CSRF_FAILURE_VIEW = "openbili.api.errors.csrf_failure"  # the API's error body under /api/
 CORS_ALLOWED_ORIGINS = CONSOLE_ORIGINS
 CORS_ALLOW_CREDENTIALS = True
 CORS_URLS_REGEX = r"^/api/.*$"

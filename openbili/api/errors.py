@@ -8,7 +8,9 @@ view builds an error itself; unknown URLs under /api/ get the same body (`not_fo
 
 from __future__ import annotations
 
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
+from django.views import csrf as csrf_views
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -79,9 +81,17 @@ def exception_handler(exc, context):
     return response
 
 
+@csrf_exempt  # it changes nothing; a CSRF refusal would hide the 404 (and in HTML)
 def not_found(request, exception=None) -> JsonResponse:
-    """handler404 for /api/: an unknown URL in the API's error body."""
+    """An unknown URL under /api/, in the API's error body."""
     return JsonResponse(body("not_found", "Unknown URL."), status=404)
+
+
+def csrf_failure(request, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: the API's error body under /api/, Django's page elsewhere (the admin)."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(body("permission_denied", f"CSRF failed: {reason}"), status=403)
+    return csrf_views.csrf_failure(request, reason=reason)
 
 
 def error_response(code: str, message: str, http_status: int, fields: dict | None = None) -> Response:
