@@ -9,10 +9,10 @@ import os
 
 import pytest
 import schemathesis
-from schemathesis.specs.openapi import checks
 from django.core import signals
 from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi import checks
 
 from openbili.wsgi import application
 from tests.api.conftest import Caller
