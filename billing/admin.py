@@ -463,7 +463,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            super().save_model(request, obj, form, change)
+            # Through the service: the change is audited (who, when, what) like the API's.
+            values = {field: form.cleaned_data[field] for field in form.changed_data if field in services.KEY_SETTINGS}
+            services.key_update(key=ApiKey.objects.get(pk=obj.pk), actor=request.user, **values)
+            obj.refresh_from_db()
             return
         data = form.cleaned_data
         key, secret = services.key_create(
@@ -523,7 +526,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         disabled = 0
         for key in queryset:
             if key.status != ApiKey.Status.DISABLED:
-                services.key_disable(key=key)
+                services.key_disable(key=key, actor=request.user)
                 self.log_change(request, key, "Disabled.")
                 disabled += 1
         self.message_user(request, f"Disabled {disabled} key(s).", messages.SUCCESS)

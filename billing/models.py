@@ -226,6 +226,12 @@ class ApiKey(models.Model):
         related_name="replaces",
         help_text="Set when the key was rotated.",
     )
+    deleted_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Deleted by its owner: disabled for good and hidden from the console and the API, but kept "
+        "so that usage rows, holds and the audit trail still say which key they were.",
+    )
 
     class Meta:
         verbose_name = "API key"
@@ -233,6 +239,57 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.name})"
+
+
+class KeyAudit(models.Model):
+    """One change to an API key: who, when, what (field → [old, new]); never a secret or a hash.
+
+    Append-only (migration 0008's trigger): the only update allowed sets `key` or `actor` to null
+    (their ON DELETE SET NULL, should a key or a user ever be deleted); `key_prefix` keeps saying
+    which key it was.
+    """
+
+    class Action(models.TextChoices):
+        CREATED = "created", "Created"
+        UPDATED = "updated", "Updated"
+        DISABLED = "disabled", "Disabled"
+        ENABLED = "enabled", "Enabled"
+        ROTATED = "rotated", "Rotated"
+        DELETED = "deleted", "Deleted"
+
+    account = models.ForeignKey(
+        Account,
+        on_delete=models.PROTECT,
+        related_name="key_audits",
+        db_index=False,  # keyaudit_account_time
+    )
+    key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="audits", db_index=False
+    )  # keyaudit_key_time
+    key_prefix = models.CharField(max_length=16, help_text="The key's non-secret prefix.")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+        help_text="Who made the change; empty: an operator's tool or the system.",
+    )
+    action = models.CharField(max_length=16, choices=Action.choices)
+    changes = models.JSONField(default=dict, blank=True, help_text="What changed: field → [old, new].")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "key audit entry"
+        verbose_name_plural = "key audit entries"
+        indexes = [
+            models.Index(fields=["account", "-created_at", "-id"], name="keyaudit_account_time"),
+            models.Index(fields=["key", "-created_at", "-id"], name="keyaudit_key_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key_prefix}… {self.action} at {self.created_at:%Y-%m-%d %H:%M:%S}"
 
 
 # --- catalog -------------------------------------------------------------------------------------

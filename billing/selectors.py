@@ -147,3 +147,74 @@ def price_snapshot_current(model: CatalogModel, *, now: datetime | None = None) 
 
     version = price_current(model, now=now)
     return None if version is None else price_snapshot_for(version)
+
+
+# --- the model plaza (dashboard API) -------------------------------------------------------------
+
+# model_visibility's reasons as the plaza's stable status codes. Only a naming of its answers,
+# never a second copy of the rule: a reason added there without a code here fails loudly (KeyError,
+# and tests/api/test_plaza.py walks every branch).
+VISIBILITY_STATUS = {
+    "visible": "visible",
+    "disabled by an operator": "disabled",
+    "no active price": "no_price",
+    "no active route": "no_route",
+    "no active route with an OK latest probe": "probe_failing",
+}
+PLAZA_STATUSES = ("visible", "no_route", "no_price", "probe_failing", "disabled")
+
+
+def model_status(entry: ModelEntry) -> str:
+    """`visible`, or why not (`disabled`, `no_price`, `no_route`, `probe_failing`)."""
+    return VISIBILITY_STATUS[model_visibility(entry)[1]]
+
+
+@dataclass
+class PlazaEntry:
+    """A catalog model as one account sees it: its entry, its status and the keys that may call it."""
+
+    entry: ModelEntry
+    status: str
+    key_ids: list[int]
+
+
+def account_keys_usable(*, account, now: datetime | None = None) -> list[ApiKey]:
+    """The account's keys that would be accepted now (key_is_usable), oldest first (1 query)."""
+    now = now or timezone.now()
+    found = list(ApiKey.objects.filter(account=account, status=ApiKey.Status.ACTIVE).order_by("id"))
+    for key in found:
+        key.account = account  # no query per key for key_is_usable's account check
+    return [key for key in found if key_is_usable(key, now=now)]
+
+
+def plaza_entries(*, account, now: datetime | None = None, name: str | None = None) -> list[PlazaEntry]:
+    """Every catalog model some usable key of `account` may call (the union of their scopes; every
+    model when one key has all_models), visible or not, with its status from model_visibility and
+    the ids of the keys that may call it; `name`: that model only. 5 queries, however many models."""
+    now = now or timezone.now()
+    usable = account_keys_usable(account=account, now=now)
+    if not usable:
+        return []
+    names: list[str] | None = None
+    if not any(key.all_models for key in usable):
+        names = sorted({model for key in usable for model in key.allowed_models})
+    if name is not None:
+        names = [name] if names is None or name in names else []
+    if names == []:
+        return []
+    return [
+        PlazaEntry(
+            entry=entry,
+            status=model_status(entry),
+            key_ids=[key.pk for key in usable if key_allows_model(key, entry.model.name)],
+        )
+        for entry in catalog_entries(now=now, names=names)
+    ]
+
+
+# --- balance and ledger (dashboard API) ----------------------------------------------------------
+
+
+def ledger_entries(*, account_id: int):
+    """An account's ledger entries with their holds (one query a page; ledger_account_time)."""
+    return LedgerEntry.objects.filter(account_id=account_id).select_related("hold")

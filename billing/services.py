@@ -18,6 +18,7 @@ from billing.models import (
     Account,
     ApiKey,
     CatalogModel,
+    KeyAudit,
     LedgerEntry,
     Membership,
     PriceSnapshot,
@@ -158,28 +159,72 @@ def hold_release(*, hold_id: int) -> ledger.SettleResult:
 
 # --- API keys ------------------------------------------------------------------------------------
 
+# What an owner may change on a key, as the audit trail names it. Never the hash or the secret.
+KEY_SETTINGS = ("name", "all_models", "allowed_models", "rpm_limit", "tpm_limit", "expires_at")
 
+
+def _audit_value(value):
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _key_audit(*, key: ApiKey, action: str, actor=None, changes: dict | None = None) -> KeyAudit:
+    """The audit entry of one change: `changes` is {field: (old, new)}, stored as JSON [old, new]."""
+    return KeyAudit.objects.create(
+        account_id=key.account_id,
+        key=key,
+        key_prefix=key.prefix,
+        actor=actor,
+        action=action,
+        changes={field: [_audit_value(old), _audit_value(new)] for field, (old, new) in (changes or {}).items()},
+    )
+
+
+def _key_settings(key: ApiKey) -> dict:
+    return {field: getattr(key, field) for field in KEY_SETTINGS}
+
+
+def _key_locked(key: ApiKey) -> ApiKey:
+    """The key's row, locked for the change, refusing a deleted key: every change of one key is
+    serialised, so each audit entry's `old` values are what the change really replaced."""
+    locked = ApiKey.objects.select_for_update().get(pk=key.pk)
+    if locked.deleted_at is not None:
+        raise InvalidRequest("this key was deleted", code="key_deleted", status=409, param="key")
+    return locked
+
+
+@transaction.atomic
 def key_create(
     *,
     account: Account,
     name: str,
     models: list[str] | None = None,
+    all_models: bool | None = None,
     rpm_limit: int | None = None,
     tpm_limit: int | None = None,
     expires_at: datetime | None = None,
     actor=None,
 ) -> tuple[ApiKey, str]:
-    """Create a key; returns it with the full secret, which is never stored or shown again."""
-    return _key_insert(
+    """Create a key; returns it with the full secret, which is never stored or shown again.
+
+    The scope is every model when `models` is empty, unless `all_models=False` says none.
+    """
+    key, secret = _key_insert(
         account=account,
         name=name,
-        all_models=not models,
-        allowed_models=sorted(set(models or [])),
+        all_models=not models if all_models is None else all_models,
+        allowed_models=[] if all_models else sorted(set(models or [])),
         rpm_limit=rpm_limit,
         tpm_limit=tpm_limit,
         expires_at=expires_at,
         actor=actor,
     )
+    _key_audit(
+        key=key,
+        action=KeyAudit.Action.CREATED,
+        actor=actor,
+        changes={field: (None, value) for field, value in _key_settings(key).items()},
+    )
+    return key, secret
 
 
 def _key_insert(
@@ -209,20 +254,81 @@ def _key_insert(
     return key, secret
 
 
-def key_disable(*, key: ApiKey) -> ApiKey:
-    if key.status != ApiKey.Status.DISABLED:
-        key.status = ApiKey.Status.DISABLED
-        key.disabled_at = timezone.now()
-        key.save(update_fields=["status", "disabled_at"])
+def _key_set_status(key: ApiKey, status: str, *, actor=None, action: str | None = None) -> bool:
+    """Disable or re-enable a locked key, with its audit entry; False when it already was."""
+    if key.status == status:
+        return False
+    if status == ApiKey.Status.ACTIVE and key.replaced_by_id is not None:
+        # A rotated key stays off: the point of rotating is that the old secret never works again.
+        raise InvalidRequest(
+            "this key was rotated; use the key that replaced it", code="key_rotated", status=409, param="active"
+        )
+    old = key.status
+    key.status = status
+    key.disabled_at = timezone.now() if status == ApiKey.Status.DISABLED else None
+    key.save(update_fields=["status", "disabled_at"])
+    if action is None:
+        action = KeyAudit.Action.DISABLED if status == ApiKey.Status.DISABLED else KeyAudit.Action.ENABLED
+    _key_audit(key=key, action=action, actor=actor, changes={"status": (old, status)})
+    return True
+
+
+@transaction.atomic
+def key_disable(*, key: ApiKey, actor=None) -> ApiKey:
+    """Refuse the key from now on (the gateways' caches are told on commit). Idempotent."""
+    key = _key_locked(key)
+    _key_set_status(key, ApiKey.Status.DISABLED, actor=actor)
+    return key
+
+
+@transaction.atomic
+def key_enable(*, key: ApiKey, actor=None) -> ApiKey:
+    """Accept a disabled key again; a rotated key cannot be (409 key_rotated). Idempotent."""
+    key = _key_locked(key)
+    _key_set_status(key, ApiKey.Status.ACTIVE, actor=actor)
+    return key
+
+
+@transaction.atomic
+def key_update(*, key: ApiKey, actor=None, **values) -> ApiKey:
+    """Change a key's name, scope, limits, expiry and (`active`) status, with one audit entry for
+    the settings that changed and one for a status change. Fields left out keep their value.
+
+    Scope: `all_models=True` clears `allowed_models`; `allowed_models` alone restricts the key to
+    that list (all_models off); `all_models=False` alone keeps the list, even an empty one (a key
+    that may call no model).
+    """
+    unknown = set(values) - {*KEY_SETTINGS, "active"}
+    if unknown:
+        raise InvalidRequest(f"unknown key fields: {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
+    if values.get("all_models") is True:
+        if values.get("allowed_models"):
+            raise InvalidRequest("must be empty when all_models is true", param="allowed_models")
+        values["allowed_models"] = []
+    elif "allowed_models" in values:
+        values.setdefault("all_models", False)
+    if "allowed_models" in values:
+        values["allowed_models"] = sorted(set(values["allowed_models"]))
+    active = values.pop("active", None)
+    key = _key_locked(key)
+    before = _key_settings(key)
+    changes = {field: (before[field], value) for field, value in values.items() if before[field] != value}
+    if changes:
+        for field, (_, value) in changes.items():
+            setattr(key, field, value)
+        key.save(update_fields=list(changes))
+        _key_audit(key=key, action=KeyAudit.Action.UPDATED, actor=actor, changes=changes)
+    if active is not None:
+        _key_set_status(key, ApiKey.Status.ACTIVE if active else ApiKey.Status.DISABLED, actor=actor)
     return key
 
 
 @transaction.atomic
 def key_rotate(*, key: ApiKey, actor=None) -> tuple[ApiKey, str]:
     """Replace a key by a new one with the same settings; the old one is disabled at once."""
-    key = ApiKey.objects.select_for_update().get(pk=key.pk)
+    key = _key_locked(key)
     if key.replaced_by_id is not None:
-        raise InvalidRequest("this key was already rotated", param="key")
+        raise InvalidRequest("this key was already rotated", code="key_rotated", status=409, param="key")
     # The scope is copied as is: going through key_create's `models` would turn a key restricted
     # to no model (all_models off, empty list) into an all-models key.
     new_key, secret = _key_insert(
@@ -235,10 +341,41 @@ def key_rotate(*, key: ApiKey, actor=None) -> tuple[ApiKey, str]:
         expires_at=key.expires_at,
         actor=actor,
     )
-    key_disable(key=key)
+    old_status = key.status
+    key.status = ApiKey.Status.DISABLED
+    key.disabled_at = key.disabled_at or timezone.now()
     key.replaced_by = new_key
-    key.save(update_fields=["replaced_by"])
+    key.save(update_fields=["status", "disabled_at", "replaced_by"])
+    rotated: dict = {"replaced_by": (None, new_key.pk)}
+    if old_status != key.status:
+        rotated["status"] = (old_status, key.status)
+    _key_audit(key=key, action=KeyAudit.Action.ROTATED, actor=actor, changes=rotated)
+    created = {field: (None, value) for field, value in _key_settings(new_key).items()}
+    _key_audit(key=new_key, action=KeyAudit.Action.CREATED, actor=actor, changes=created | {"replaces": (None, key.pk)})
     return new_key, secret
+
+
+@transaction.atomic
+def key_delete(*, key: ApiKey, actor=None) -> ApiKey:
+    """Delete a key for its owner: disabled for good and hidden, but the row stays.
+
+    A soft delete, because usage rows and holds reference the key (ON DELETE SET NULL): a real
+    DELETE would strip the key from the account's usage history, its per-key summaries and the
+    audit trail. Deleting a deleted key changes nothing.
+    """
+    locked = ApiKey.objects.select_for_update().get(pk=key.pk)
+    if locked.deleted_at is not None:
+        return locked
+    changes: dict = {}
+    if locked.status != ApiKey.Status.DISABLED:
+        changes["status"] = (locked.status, ApiKey.Status.DISABLED)
+        locked.status = ApiKey.Status.DISABLED
+        locked.disabled_at = timezone.now()
+    locked.deleted_at = timezone.now()
+    changes["deleted_at"] = (None, locked.deleted_at)
+    locked.save(update_fields=["status", "disabled_at", "deleted_at"])
+    _key_audit(key=locked, action=KeyAudit.Action.DELETED, actor=actor, changes=changes)
+    return locked
 
 
 # --- catalog -------------------------------------------------------------------------------------

@@ -205,6 +205,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Two `status` fields with different choices: each its own named enum in the schema.
+    "ENUM_NAME_OVERRIDES": {
+        "ModelStatusEnum": "billing.selectors.PLAZA_STATUSES",
+        "KeyStatusEnum": ("active", "disabled", "expired"),
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "openbili.api.schema.add_error_responses",

@@ -118,6 +118,15 @@ class UsageRecord(models.Model):
             models.Index(fields=["account", "response_id"], name="usage_response_id", condition=~Q(response_id="")),
             models.Index(fields=["account", "-started_at"], name="usage_account_time"),
             models.Index(fields=["api_key", "-started_at"], name="usage_key_time"),
+            # The usage page's filters (usage/api/filters.py) and the admin's list. Each covers only
+            # columns written when the row is opened and never changed by the settle (model,
+            # started_at, id), or changed only on the rare failing row (error_class), so the
+            # settle of a successful request stays a HOT update (migration 0003).
+            models.Index(fields=["-started_at", "-id"], name="usage_time"),
+            models.Index(fields=["account", "model_requested", "-started_at"], name="usage_account_model_time"),
+            models.Index(
+                fields=["account", "-started_at"], name="usage_account_error_time", condition=~Q(error_class="")
+            ),
         ]
         constraints = [
             models.UniqueConstraint(fields=["request_id"], name="usage_request_id_unique"),
