@@ -36,6 +36,7 @@ from billing.models import (
     ApiKey,
     CatalogModel,
     Hold,
+    KeyAudit,
     LedgerEntry,
     Membership,
     PriceSnapshot,
@@ -883,3 +884,18 @@ class ProbeAdmin(ViewOnlyAdmin):
     date_hierarchy = "checked_at"
     ordering = ["-checked_at", "-id"]
     show_full_result_count = False
+
+
+@admin.register(KeyAudit)
+class KeyAuditAdmin(ViewOnlyAdmin):
+    """Who changed which API key, when and how (the dashboard API's and this admin's changes alike).
+    Append-only: the table refuses updates and deletes. Never a secret or a hash, only prefixes."""
+
+    list_display = ["created_at", "account", "key_prefix", "action", "actor"]
+    list_filter = ["action"]
+    list_select_related = ["account", "actor"]
+    search_fields = ["key_prefix__startswith", "account__name"]
+    search_help_text = "Key prefix (sk-ob-…) or account name."
+    date_hierarchy = "created_at"
+    ordering = ["-created_at", "-id"]
+    fields = ["created_at", "account", "key", "key_prefix", "action", "actor", "changes"]

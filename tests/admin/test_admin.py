@@ -26,6 +26,7 @@ from billing.models import (
     ApiKey,
     CatalogModel,
     Hold,
+    KeyAudit,
     LedgerEntry,
     PriceSnapshot,
     PriceVersion,
@@ -109,6 +110,11 @@ def build_usage():
     )
 
 
+def build_key_audit() -> KeyAudit:
+    key, _ = services.key_create(account=AccountFactory(), name="audited")
+    return KeyAudit.objects.filter(key=key).first()
+
+
 def build_stored_image() -> StoredImage:
     now, n = timezone.now(), next(_seq)
     return StoredImage.objects.create(
@@ -135,6 +141,7 @@ BUILDERS = {
     Probe: lambda: services.probe_record(route=RouteFactory(), ok=False, status_code=503, error="upstream down"),
     UsageRecord: build_usage,
     StoredImage: build_stored_image,
+    KeyAudit: build_key_audit,
     Group: lambda: Group.objects.create(name=f"group {next(_seq)}"),
 }
 BUILDERS[UserFactory._meta.model] = UserFactory
@@ -146,7 +153,7 @@ BUILDERS[AccessFailureLog] = lambda: AccessFailureLog.objects.create(
     username=f"user{next(_seq)}", ip_address="198.51.100.7", user_agent="test", locked_out=False
 )
 
-VIEW_ONLY = [LedgerEntry, Hold, PriceSnapshot, Probe, UsageRecord, StoredImage]
+VIEW_ONLY = [LedgerEntry, Hold, PriceSnapshot, Probe, UsageRecord, StoredImage, KeyAudit]
 REGISTERED = sorted(admin.site._registry, key=lambda model: model._meta.label)
 
 
@@ -457,6 +464,10 @@ def test_key_change_form_edits_limits_but_not_status_or_hash(admin_client):
     assert response.status_code == 302
     key.refresh_from_db()
     assert (key.name, key.rpm_limit, key.status) == ("renamed", 5, "active")
+    # audited like the dashboard API's changes: who, and what changed
+    entry = KeyAudit.objects.filter(key=key, action=KeyAudit.Action.UPDATED).get()
+    assert entry.actor is not None and entry.actor.is_superuser
+    assert entry.changes["name"][1] == "renamed" and entry.changes["rpm_limit"][1] == 5
 
 
 def test_disable_keys_action(admin_client):
@@ -476,6 +487,7 @@ def test_disable_keys_action(admin_client):
         key.refresh_from_db()
     assert [first.status, second.status, untouched.status] == ["disabled", "disabled", "active"]
     assert first.disabled_at is not None
+    assert KeyAudit.objects.get(key=first, action=KeyAudit.Action.DISABLED).actor is not None
 
 
 def test_rotate_key_action_shows_the_new_secret_once(admin_client, admin_user):
