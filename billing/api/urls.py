@@ -1,3 +1,3 @@
-from billing.api import balance, keys, plaza
+from billing.api import balance, keys, members, plaza
 
-urlpatterns = [*keys.urlpatterns, *plaza.urlpatterns, *balance.urlpatterns]
+urlpatterns = [*keys.urlpatterns, *members.urlpatterns, *plaza.urlpatterns, *balance.urlpatterns]

@@ -33,6 +33,7 @@ ANSWERS = {
     "415": "Unsupported media type.",
     "429": "Rate limited (`Retry-After`).",
 }
+WRITE_ANSWERS = {"409": "The change conflicts with the object's state (`code` says how)."}
 METHODS = {"get", "post", "put", "patch", "delete"}
 
 
@@ -44,7 +45,8 @@ def add_error_responses(result, generator, request, public):
             if method not in METHODS:
                 continue
             responses = operation.setdefault("responses", {})
-            for status, description in ANSWERS.items():
+            answers = ANSWERS | (WRITE_ANSWERS if method != "get" else {})
+            for status, description in answers.items():
                 responses.setdefault(
                     status, {"description": description, "content": {"application/json": {"schema": reference}}}
                 )
