@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from io import StringIO
 from pathlib import Path
@@ -427,3 +428,14 @@ def test_catalog_load_refuses_a_bad_demo_upstream_url():
     with pytest.raises(CommandError, match="--demo-upstream"):
         run("catalog_load", str(DEFAULT_CATALOG_PATH), "--demo-upstream", "ftp://127.0.0.1")
     assert catalog_counts()["CatalogModel"] == 0
+
+
+def test_demo_setup_makes_the_admin_login_the_demo_accounts_owner_once(tmp_path):
+    key_file = tmp_path / "demo-key"
+    first = json.loads(run("demo_setup", "--key-file", str(key_file))[0])
+    again = json.loads(run("demo_setup", "--key-file", str(key_file))[0])
+    assert first == again  # the same key and login on every run
+    admin = get_user_model().objects.get(username="admin")
+    memberships = list(admin.memberships.values_list("account__name", "role"))
+    assert len(memberships) == 1 and memberships[0][1] == "owner"
+    assert selectors.key_lookup(first["key"]).account.name == memberships[0][0]

@@ -14,7 +14,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
 from billing import selectors, services
-from billing.models import Account
+from billing.models import Account, Membership
 
 DEMO_ACCOUNT = "Demo"
 DEMO_CREDIT = Decimal("10.00")
@@ -50,7 +50,9 @@ class Command(BaseCommand):
         admin = user_model.objects.filter(username="admin").first()
         if admin is None:
             password = secrets.token_urlsafe(12)
-            user_model.objects.create_superuser("admin", "admin@localhost", password)
+            admin = user_model.objects.create_superuser("admin", "admin@localhost", password)
             _write_secret(admin_path, password)
+        # The same login owns the demo account in the dashboard API (/api/v1/me lists it).
+        Membership.objects.get_or_create(account=account, user=admin, defaults={"role": Membership.Role.OWNER})
         password = admin_path.read_text().strip() if admin_path.exists() else "(set by you)"
         self.stdout.write(json.dumps({"key": secret, "admin_user": "admin", "admin_password": password}))
