@@ -20,7 +20,7 @@ from typing import Any
 
 from billing import money
 from usage.gateway import sql
-from usage.gateway.providers.openai.responses import OpenAIResponsesProvider
+from usage.gateway.providers.openai import OpenAIResponsesProvider, usage_from_openai
 
 # How long a background response may run before the sweeper gives its hold up (not billed).
 BACKGROUND_HOLD_SECONDS = int(os.environ.get("OPENBILI_BACKGROUND_HOLD_SECONDS", str(6 * 3600)))
@@ -57,7 +57,7 @@ def settle_item(row: dict, data: dict, prices: money.Prices) -> dict | None:
     status = data.get("status")
     if not isinstance(status, str) or status in RUNNING:
         return None
-    usage = PROVIDER.reply(json.dumps(data).encode()).usage or money.TokenUsage()
+    usage = usage_from_openai(data.get("usage")) or money.TokenUsage()
     done = status in ("completed", "incomplete")
     billing_result = "billed" if done else ("failed_but_billable" if not usage.is_empty else "not_billed")
     cost = money.usage_cost(prices, usage) if billing_result != "not_billed" else money.ZERO

@@ -53,6 +53,7 @@ from usage.gateway.context import (
     now_utc,
     parse_json_object,
     resolve_model,
+    send_bytes,
     send_error,
     write_rejection,
 )
@@ -575,15 +576,7 @@ class Call:
             log.exception("request_id=%s background response could not be marked for billing", ctx.request_id)
         if self.state.limiter is not None and ctx.key is not None:
             self.state.limiter.consume(ctx.key, money.TokenUsage(), reserved=self.tpm_tokens)
-        ctx.response_started = True
-        await self.send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", JSON), (b"content-length", str(len(out)).encode()), *ctx.id_headers()],
-            }
-        )
-        await self.send({"type": "http.response.body", "body": out})
+        await send_bytes(self.send, ctx, 200, out)
 
     def note_sent(self, events: list[dict]) -> None:
         if events:

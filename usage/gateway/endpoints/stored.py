@@ -23,7 +23,7 @@ import aiohttp
 from billing import money
 from openbili.core.errors import InvalidRequest, OpenbiliError, UpstreamError, UpstreamUnavailable
 from usage.gateway import deferred, sql
-from usage.gateway.context import JSON, Ctx, authenticate, db_text, now_utc
+from usage.gateway.context import Ctx, authenticate, db_text, now_utc, send_bytes
 from usage.gateway.providers.openai.responses import OpenAIResponsesProvider
 from usage.gateway.state import GatewayState, ModelInfo, RouteInfo
 
@@ -201,12 +201,5 @@ async def handle(
         await settle_if_done(state, found, parsed)
     row.update(status=200, billing_result="not_billed", finished_at=now_utc(), attempts=json.dumps([attempt]))
     await state.write_row(row)
-    ctx.row_written = ctx.response_started = True
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", JSON), (b"content-length", str(len(data)).encode()), *ctx.id_headers()],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
+    ctx.row_written = True
+    await send_bytes(send, ctx, 200, data)

@@ -5,6 +5,7 @@ top serve every translation's request reader (Responses' and Messages' too)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,3 +77,36 @@ def data_url(url: str, param: str) -> tuple[str, str] | None:
     if not comma or fields[-1] != "base64" or not fields[0]:
         raise InvalidRequest(f"{param} must be a base64 data URL (data:<media type>;base64,<data>).", param=param)
     return fields[0], data
+
+
+# A reader of one Chat content part, in the upstream's shape (None: nothing to send for it).
+PartConverter = Callable[[dict, str], dict | None]
+
+
+def content_parts(
+    content: Any, kinds: dict[str, PartConverter], param: str, *, text: Callable[[str], dict]
+) -> list[dict]:
+    """A Chat message's `content` in the upstream's parts: a string is one text part (`text`, none
+    when empty), a list is each part through the converter of its type; a type the upstream cannot
+    take is a 400 naming the part."""
+    if isinstance(content, str):
+        return [text(content)] if content else []
+    if not isinstance(content, list):
+        raise invalid(f"{param} must be a string or a list of content parts.", param)
+    out = []
+    for j, part in enumerate(content):
+        part_param = f"{param}[{j}]"
+        if not isinstance(part, dict):
+            raise invalid(f"{part_param} must be an object.", part_param)
+        kind = part.get("type")
+        # A type of any JSON type can come in ([...] is no dict key: a TypeError, then a 500).
+        convert = kinds.get(kind) if isinstance(kind, str) else None
+        if convert is None:
+            raise invalid(
+                f"{part_param}.type {kind!r} is not supported for this model here (supported: {', '.join(kinds)}).",
+                f"{part_param}.type",
+            )
+        converted = convert(part, part_param)
+        if converted is not None:
+            out.append(converted)
+    return out

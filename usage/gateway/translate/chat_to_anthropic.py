@@ -19,7 +19,14 @@ from collections.abc import Callable
 from typing import Any
 
 from usage.gateway.providers.base import Event
-from usage.gateway.translate.chat_request import data_url, function_tool, image_url, part_text
+from usage.gateway.translate.chat_request import (
+    PartConverter,
+    content_parts,
+    data_url,
+    function_tool,
+    image_url,
+    part_text,
+)
 from usage.gateway.translate.chat_request import invalid as _invalid
 from usage.gateway.translate.chat_request import is_int as _is_int
 from usage.gateway.translate.chat_request import is_number as _is_number
@@ -157,8 +164,6 @@ def _file_part(part: dict, param: str) -> dict:
     return block
 
 
-PartConverter = Callable[[dict, str], dict | None]
-
 # Which Chat content parts each role may carry, and the Anthropic block each becomes.
 # input_audio (and any other part) has no Anthropic input: refused by name.
 USER_PARTS: dict[str, PartConverter] = {"text": _text_part, "image_url": _image_part, "file": _file_part}
@@ -166,28 +171,8 @@ ASSISTANT_PARTS: dict[str, PartConverter] = {"text": _text_part, "refusal": _ref
 TEXT_PARTS: dict[str, PartConverter] = {"text": _text_part}
 
 
-def _blocks(content: Any, parts: dict[str, PartConverter], param: str) -> list[dict]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise _invalid(f"{param} must be a string or a list of content parts.", param)
-    blocks = []
-    for j, part in enumerate(content):
-        part_param = f"{param}[{j}]"
-        if not isinstance(part, dict):
-            raise _invalid(f"{part_param} must be an object.", part_param)
-        kind = part.get("type")
-        # A type of any JSON type can come in ([...] is no dict key: a TypeError, then a 500).
-        convert = parts.get(kind) if isinstance(kind, str) else None
-        if convert is None:
-            raise _invalid(
-                f"{part_param}.type {kind!r} is not supported for this model here (supported: {', '.join(parts)}).",
-                f"{part_param}.type",
-            )
-        block = convert(part, part_param)
-        if block is not None:
-            blocks.append(block)
-    return blocks
+def _blocks(content: Any, kinds: dict[str, PartConverter], param: str) -> list[dict]:
+    return content_parts(content, kinds, param, text=lambda text: {"type": "text", "text": text})
 
 
 # ---------------------------------------------------------------------------------------------

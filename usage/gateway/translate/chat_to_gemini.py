@@ -30,7 +30,14 @@ from typing import Any
 
 from usage.gateway.providers.base import Event
 from usage.gateway.providers.gemini import usage_from_gemini
-from usage.gateway.translate.chat_request import data_url, function_tool, image_url, part_text
+from usage.gateway.translate.chat_request import (
+    PartConverter,
+    content_parts,
+    data_url,
+    function_tool,
+    image_url,
+    part_text,
+)
 from usage.gateway.translate.chat_request import invalid as _invalid
 from usage.gateway.translate.chat_request import is_int as _is_int
 from usage.gateway.translate.chat_request import is_number as _is_number
@@ -194,8 +201,6 @@ def _audio_part(part: dict, param: str) -> dict:
     return {"inlineData": {"mimeType": media_type, "data": audio["data"]}}
 
 
-PartConverter = Callable[[dict, str], dict | None]
-
 USER_PARTS: dict[str, PartConverter] = {
     "text": _text_part,
     "image_url": _image_part,
@@ -207,26 +212,7 @@ TEXT_PARTS: dict[str, PartConverter] = {"text": _text_part}
 
 
 def _parts(content: Any, kinds: dict[str, PartConverter], param: str) -> list[dict]:
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    if not isinstance(content, list):
-        raise _invalid(f"{param} must be a string or a list of content parts.", param)
-    parts = []
-    for j, part in enumerate(content):
-        part_param = f"{param}[{j}]"
-        if not isinstance(part, dict):
-            raise _invalid(f"{part_param} must be an object.", part_param)
-        kind = part.get("type")
-        convert = kinds.get(kind) if isinstance(kind, str) else None
-        if convert is None:
-            raise _invalid(
-                f"{part_param}.type {kind!r} is not supported for this model here (supported: {', '.join(kinds)}).",
-                f"{part_param}.type",
-            )
-        converted = convert(part, part_param)
-        if converted is not None:
-            parts.append(converted)
-    return parts
+    return content_parts(content, kinds, param, text=lambda text: {"text": text})
 
 
 # ---------------------------------------------------------------------------------------------

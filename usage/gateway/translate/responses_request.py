@@ -18,12 +18,11 @@ import copy
 import json
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from openbili.core.errors import InvalidRequest
-from usage.gateway.translate.chat_request import FunctionTool, data_url, part_text
+from usage.gateway.translate.chat_request import FunctionTool, PartConverter, data_url, part_text
 from usage.gateway.translate.chat_request import invalid as _invalid
 from usage.gateway.translate.chat_request import is_int as _is_int
 from usage.gateway.translate.chat_request import is_number as _is_number
@@ -739,10 +738,6 @@ class Reply:
         self.final = self._response("incomplete" if reason else "completed", reason, usage)
         kind = "response.incomplete" if reason else "response.completed"
         return [*out, self._event(kind, response=copy.deepcopy(self.final))]
-
-
-# A reader of one content part, in the upstream's shape (None: nothing to send for it).
-PartConverter = Callable[[dict, str], dict | None]
 
 
 def convert_parts(parts: list[tuple[str, dict]], kinds: dict[str, PartConverter]) -> list[dict]:
