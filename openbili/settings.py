@@ -227,6 +227,8 @@ CSRF_TRUSTED_ORIGINS = [*CSRF_TRUSTED_ORIGINS, *CONSOLE_ORIGINS]
 # Billing
 # A hold that was never settled (its request died) is released by the sweeper after this many seconds.
 OPENBILI_HOLD_TTL_SECONDS = int(os.environ.get("OPENBILI_HOLD_TTL_SECONDS", "900"))
+# The hourly usage roll-up (usage/rollup.py) stays this far behind now, besides every open hold.
+OPENBILI_USAGE_ROLLUP_MARGIN_SECONDS = int(os.environ.get("OPENBILI_USAGE_ROLLUP_MARGIN_SECONDS", "300"))
 
 # Stored images (POST /v1/images/generations, usage/images.py). An image an upstream returns as
 # bytes is kept in the storage alias "openbili_images" and handed out as a capability URL,
@@ -269,6 +271,8 @@ LOGGING = {
 CELERY_BEAT_SCHEDULE = {
     "requests-sweep": {"task": "usage.tasks.requests_sweep", "schedule": 60.0},
     "images-expire": {"task": "usage.tasks.images_expire", "schedule": 600.0},
+    # The summaries' hourly roll-up (usage/rollup.py): a no-op but once an hour or after a late write.
+    "usage-rollup": {"task": "usage.tasks.usage_rollup", "schedule": 300.0},
     # Background responses are billed when they finish (usage/gateway/deferred.py).
     "responses-poll": {"task": "usage.tasks.responses_poll", "schedule": 15.0},
     "routes-probe": {

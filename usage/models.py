@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 
 from billing.models import MoneyField
 
@@ -171,3 +172,79 @@ class StoredImage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.content_type} {self.size_bytes} B"
+
+
+# --- the hourly roll-up of usage rows (usage/rollup.py) ---
+#
+# The usage summary and the OpenAI-shaped Usage and Costs answers add up whole hours from here
+# and only the hours the roll-up has not reached from the rows themselves, so a 30-day summary
+# reads a few thousand groups, not a million rows. The gateway never writes these tables: a
+# periodic job recomputes closed hours from the rows, off the request path.
+
+
+class UsageHour(models.Model):
+    """The aggregates of one account's rows started in one UTC hour, per model, key and endpoint —
+    the finest grouping the summaries offer. Column names are the aggregates' names
+    (usage.selectors), so a read sums them under the same names."""
+
+    hour = models.DateTimeField(help_text="Start of the UTC hour.")
+    account = models.ForeignKey(
+        "billing.Account", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+", db_index=False
+    )
+    api_key = models.ForeignKey(
+        "billing.ApiKey", null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    key_prefix = models.CharField(max_length=16, blank=True)
+    endpoint = models.CharField(max_length=64)
+    model_requested = models.CharField(max_length=100, blank=True)
+
+    requests = models.BigIntegerField()
+    errors = models.BigIntegerField()
+    error_invalid_request = models.BigIntegerField()
+    error_auth_or_key_scope = models.BigIntegerField()
+    error_quota_or_rate_limit = models.BigIntegerField()
+    error_model_unavailable = models.BigIntegerField()
+    error_upstream_or_platform_error = models.BigIntegerField()
+    error_stream_interrupted = models.BigIntegerField()
+    tokens_input = models.BigIntegerField()
+    tokens_output = models.BigIntegerField()
+    tokens_cached_input = models.BigIntegerField()
+    tokens_cache_write = models.BigIntegerField()
+    tokens_reasoning = models.BigIntegerField()
+    image_count = models.BigIntegerField()
+    cost_usd = MoneyField(max_digits=32)  # a sum of MoneyFields: as exact, room for more digits
+    uncharged_usd = MoneyField(max_digits=32)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "hour", "model_requested", "api_key", "key_prefix", "endpoint"],
+                name="usage_hour_unique",
+                nulls_distinct=False,  # a deleted key's rows (api_key null) are one group per prefix
+            ),
+        ]
+        indexes = [models.Index(fields=["hour"], name="usage_hour_hour")]  # the job's delete of an hour
+
+    def __str__(self) -> str:
+        return f"{self.account_id} {self.hour:%Y-%m-%d %H}:00 {self.model_requested} {self.endpoint}"
+
+
+class UsageRollup(models.Model):
+    """The roll-up's watermark: every hour before `through` is in UsageHour and final (one row)."""
+
+    through = models.DateTimeField(null=True, help_text="Hours before this are rolled up; none yet if empty.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"usage rolled up through {self.through}"
+
+
+class UsageHourDirty(models.Model):
+    """An hour below the watermark whose rows changed after it was rolled up — a write that landed
+    late from the outbox (usage/gateway/outbox.py) — to be recomputed by the next run."""
+
+    hour = models.DateTimeField(primary_key=True)
+    marked_at = models.DateTimeField(db_default=Now())  # the outbox marks it in raw SQL
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00"

@@ -1,21 +1,22 @@
 """Reads of usage rows: the usage page, its summary and the OpenAI-Usage-API-shaped aggregates.
 
 Every read is scoped by account (the caller's, through the API's tenancy), and every aggregate is
-ONE query — `date_trunc` + GROUP BY in PostgreSQL over the account's rows in the range (the
-usage_account_time index) — so no Python ever loops over usage rows, only over the groups.
+`date_trunc` + GROUP BY in PostgreSQL — over the hourly roll-up for the hours it covers
+(usage/rollup.py) and the account's rows (the usage_account_time index) for the rest — so no
+Python ever loops over usage rows, only over the groups.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Trunc
 
 from billing.models import Route
-from usage.models import UsageRecord
+from usage.models import UsageHour, UsageRecord, UsageRollup
 
 ERROR_CLASSES: tuple[str, ...] = tuple(UsageRecord.ErrorClass.values)
 TOKEN_COLUMNS = {
@@ -59,6 +60,17 @@ def page_route_ids(rows: Iterable[UsageRecord]) -> set[int]:
     return ids
 
 
+METRICS = (
+    "requests",
+    "errors",
+    *(f"error_{name}" for name in ERROR_CLASSES),
+    *(f"tokens_{kind}" for kind in TOKEN_COLUMNS),
+    "image_count",
+    "cost_usd",
+    "uncharged_usd",
+)
+
+
 def _metrics() -> dict:
     metrics: dict = {
         "requests": Count("pk"),
@@ -84,17 +96,61 @@ def usage_aggregate(
 ) -> list[dict]:
     """Requests, errors (all and by error_class), tokens by kind, images and cost of the account's
     rows started in [start, end), per `bucket` (a date_trunc unit, in UTC) and per `group_columns`,
-    ordered by bucket then group. One query; buckets without rows are absent."""
+    ordered by bucket then group; buckets without rows are absent.
+
+    Whole hours the roll-up has reached (usage/rollup.py) are summed from UsageHour, the rest —
+    the partial hour at the start, the hours since the watermark — from the rows: two queries
+    whose groups are added up here. Minute buckets always come from the rows."""
     if bucket not in BUCKETS:
         raise ValueError(bucket)
-    rows = UsageRecord.objects.filter(account_id=account_id, started_at__gte=start, started_at__lt=end)
+    keys = ("bucket", *group_columns)
+    parts: list[Iterable[dict]] = []
+    raw = Q(started_at__gte=start, started_at__lt=end)
+    through = rollup_watermark() if bucket != "minute" else None
+    if through is not None:
+        first = start if start == _floor_hour(start) else _floor_hour(start) + timedelta(hours=1)
+        last = min(_floor_hour(end), through)
+        if first < last:
+            hours = UsageHour.objects.filter(account_id=account_id, hour__gte=first, hour__lt=last)
+            if models is not None:
+                hours = hours.filter(model_requested__in=models)
+            if api_key_ids is not None:
+                hours = hours.filter(api_key_id__in=api_key_ids)
+            summed = {name: Sum(name) for name in METRICS}
+            parts.append(hours.annotate(bucket=Trunc("hour", bucket, tzinfo=UTC)).values(*keys).annotate(**summed))
+            raw = Q(started_at__gte=start, started_at__lt=first) | Q(started_at__gte=last, started_at__lt=end)
+    rows = UsageRecord.objects.filter(raw, account_id=account_id)
     if models is not None:
         rows = rows.filter(model_requested__in=models)
     if api_key_ids is not None:
         rows = rows.filter(api_key_id__in=api_key_ids)
-    keys = ("bucket", *group_columns)
     grouped = rows.annotate(bucket=Trunc("started_at", bucket, tzinfo=UTC)).values(*keys)
-    return list(grouped.annotate(**_metrics()).order_by(*keys))
+    parts.append(grouped.annotate(**_metrics()))
+    merged: dict[tuple, dict] = {}
+    for part in parts:
+        for group in part:
+            key = tuple(group[k] for k in keys)
+            if key in merged:
+                for name in METRICS:
+                    merged[key][name] = (merged[key][name] or 0) + (group[name] or 0)
+            else:
+                merged[key] = dict(group)
+    return [merged[key] for key in sorted(merged, key=_sort_key)]
+
+
+def _sort_key(key: tuple) -> tuple:
+    # Sorted here, not by ORDER BY, so that the order never depends on the database's collation
+    # or on which part a group came from; None (a deleted key's id) last, as in PostgreSQL.
+    return tuple((value is None, value) for value in key)
+
+
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def rollup_watermark() -> datetime | None:
+    """Hours before this are in UsageHour (usage/rollup.py); None: nothing is rolled up yet."""
+    return UsageRollup.objects.filter(pk=1).values_list("through", flat=True).first()
 
 
 def totals_of(groups: Iterable[dict]) -> dict:

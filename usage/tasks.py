@@ -4,7 +4,7 @@ import psycopg
 from celery import shared_task
 from django.db import OperationalError
 
-from usage import images, services
+from usage import images, rollup, services
 
 
 @shared_task(bind=True, acks_late=True, max_retries=3)
@@ -32,3 +32,12 @@ def images_expire(self) -> int:
 @shared_task(acks_late=True)
 def responses_poll() -> int:
     return services.responses_poll()
+
+
+@shared_task(bind=True, acks_late=True, max_retries=3)
+def usage_rollup(self) -> int:
+    """Roll up closed hours of usage for the summaries; idempotent, one run at a time (a lock)."""
+    try:
+        return rollup.usage_rollup()
+    except (OperationalError, psycopg.OperationalError) as exc:  # transient database trouble: try again soon
+        raise self.retry(exc=exc, countdown=30) from exc

@@ -1,7 +1,7 @@
 """The usage summary (issue 11, Deliver 5): totals and a time series by hour or day, grouped by
-model, key or endpoint — one GROUP BY query — and the same aggregates in the shapes of OpenAI's
-organization Usage API (completions) and Costs API, read with the official OpenAI SDK and checked
-field by field against OpenAI's published example objects."""
+model, key or endpoint — GROUP BY queries over the hourly roll-up and the rows — and the same
+aggregates in the shapes of OpenAI's organization Usage API (completions) and Costs API, read with
+the official OpenAI SDK and checked field by field against OpenAI's published example objects."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from billing.models import Membership
 from tests.api.conftest import Caller
 from tests.api.test_auth import assert_error
 from tests.api.test_usage import make_row
+from usage import rollup
 
 D0 = datetime(2026, 11, 10, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -286,11 +287,14 @@ def test_bad_summary_parameters_are_400s_naming_them(alice, params, field):
 
 
 @pytest.mark.django_db
-def test_the_summary_is_one_query_and_scoped_to_the_account(alice, bob, usage, django_assert_max_num_queries):
+def test_the_summary_is_few_queries_and_scoped_to_the_account(alice, bob, usage, django_assert_max_num_queries):
     window = {"start": D0.isoformat(), "end": at(3).isoformat(), "group_by": "api_key"}
     summary(alice, **window)  # the token's last_used_at is written once
-    with django_assert_max_num_queries(3):  # token, membership, the GROUP BY
+    with django_assert_max_num_queries(4):  # token, membership, the roll-up's watermark, the rows' GROUP BY
         body = summary(alice, **window)
+    rollup.usage_rollup(now=at(5))
+    with django_assert_max_num_queries(5):  # … and the roll-up's GROUP BY
+        assert summary(alice, **window) == body
     assert usage["theirs"].pk not in {p["api_key"] for p in body["series"]}
     assert summary(bob, **window)["totals"]["requests"] == 1
     for tail in ("/usage/summary", "/organization/usage/completions", "/organization/costs"):
@@ -515,14 +519,15 @@ def test_a_page_cursor_of_another_query_is_refused(alice, usage):
 
 
 @pytest.mark.django_db
-def test_openai_shaped_answers_are_one_query_and_never_another_accounts(
+def test_openai_shaped_answers_are_few_queries_and_never_another_accounts(
     alice, bob, usage, django_assert_max_num_queries
 ):
     window = {"start_time": unix(D0), "end_time": unix(at(3))}
     completions(alice, **window)
-    with django_assert_max_num_queries(3):
+    rollup.usage_rollup(now=at(2))  # the first two days from the roll-up, the third from the rows
+    with django_assert_max_num_queries(5):  # token, membership, watermark, roll-up, rows
         completions(alice, **window, group_by="api_key_id")
-    with django_assert_max_num_queries(3):
+    with django_assert_max_num_queries(5):
         costs(alice, **window, group_by="api_key_id")
     theirs = str(usage["theirs"].pk)
     mine = completions(alice, **window, api_key_ids=theirs)

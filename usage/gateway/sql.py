@@ -167,3 +167,13 @@ WITH {ONE_SETTLE}, {SETTLE_CTE}, usage AS (
 )
 SELECT (SELECT id FROM h), (SELECT id FROM usage)
 """
+
+# The outbox's mark after an item landed (it may change an hour the usage roll-up has passed,
+# usage/rollup.py): the hour of its row, if the roll-up's watermark is past it.
+MARK_DIRTY = """
+INSERT INTO usage_usagehourdirty (hour)
+SELECT date_trunc('hour', u.started_at, 'UTC')
+  FROM usage_usagerecord u, usage_usagerollup r
+ WHERE u.request_id = %(request_id)s AND u.started_at < r.through
+ON CONFLICT (hour) DO NOTHING
+"""
