@@ -8,11 +8,13 @@ untouched: no trigger, no extra statement in the reserve or the settle.
 An hour may only be rolled up once its rows stop changing. A row changes after it is opened only
 while its request holds credit (the settle, the sweeper, a background response's poll), so the
 watermark never passes the oldest open hold, nor `now - OPENBILI_USAGE_ROLLUP_MARGIN_SECONDS`
-(rows written whole at the end of a short request, clock skew between gateway and database). The
-one write that can land later — an outbox item, after the database was away — marks its hour
-dirty, and the next run recomputes that hour. Recomputing an hour is a DELETE and an INSERT …
-SELECT in one transaction, so a reader sees the old hour or the new one, never half of either,
-and a run repeated or interrupted changes nothing.
+(rows written whole at the end of a short request, clock skew between gateway and database). A
+write that lands later — an outbox item, after the database was away — is not seen by an hour
+already rolled up until that hour is marked in UsageHourDirty (sql.MARK_DIRTY) and recomputed by
+the next run; the outbox's drain does not mark yet (the gap is known: a summary may then differ
+from the rows for that hour until it is recomputed). Recomputing an hour is a DELETE and an
+INSERT … SELECT in one transaction, so a reader sees the old hour or the new one, never half of
+either, and a run repeated or interrupted changes nothing.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The hourly roll-up behind the summaries (usage/rollup.py): whatever part of a range it covers,
 every aggregate is exactly what the rows alone give; the watermark stops at open holds and the
-margin; a write that lands late from the outbox is recomputed; runs are idempotent."""
+margin; an hour marked dirty is recomputed; runs are idempotent."""
 
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def test_the_watermark_stops_before_an_open_hold_and_the_margin(rows, settings):
     assert rollup.watermark() == datetime(2026, 11, 20, 15, tzinfo=UTC)
 
 
-def test_a_late_outbox_write_is_recomputed_and_runs_are_idempotent(rows, alice):
+def test_a_late_write_marked_dirty_is_recomputed_and_runs_are_idempotent(rows, alice):
     account, start = rows["account"], rows["start"]
     rollup.usage_rollup(now=NOW)
     query = {"account_id": account.pk, "start": start - H, "end": NOW + H, "bucket": "day"}
@@ -155,7 +155,7 @@ def test_a_late_outbox_write_is_recomputed_and_runs_are_idempotent(rows, alice):
     assert selectors.usage_aggregate(**query) == first
     late = make_row(account, at=start + 2 * H + timedelta(minutes=3), cost_usd=Decimal("1.000000000001"))
     assert selectors.usage_aggregate(**query) != raw_aggregate(**query)  # the roll-up does not know it yet
-    with connection.cursor() as cursor:  # what the outbox runs after the item landed
+    with connection.cursor() as cursor:  # the mark of a write that landed late
         cursor.execute(sql.MARK_DIRTY, {"request_id": late.request_id})
     assert list(UsageHourDirty.objects.values_list("hour", flat=True)) == [
         (start + 2 * H).replace(minute=0, second=0, microsecond=0)

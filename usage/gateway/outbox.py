@@ -126,11 +126,6 @@ class Outbox:
 
 
 async def apply_async(conn: psycopg.AsyncConnection, item: dict[str, Any]) -> None:
-    await _apply_async(conn, item)
-    await conn.execute(sql.MARK_DIRTY, {"request_id": item["request_id"]})
-
-
-async def _apply_async(conn: psycopg.AsyncConnection, item: dict[str, Any]) -> None:
     params = item["params"]
     if item["kind"] == "settle":
         cursor = await conn.execute(sql.SETTLE_ONE, params)
@@ -146,11 +141,6 @@ async def _apply_async(conn: psycopg.AsyncConnection, item: dict[str, Any]) -> N
 
 
 def apply_sync(cursor: psycopg.Cursor, item: dict[str, Any]) -> None:
-    _apply_sync(cursor, item)
-    cursor.execute(sql.MARK_DIRTY, {"request_id": item["request_id"]})
-
-
-def _apply_sync(cursor: psycopg.Cursor, item: dict[str, Any]) -> None:
     params = item["params"]
     if item["kind"] == "settle":
         cursor.execute(sql.SETTLE_ONE, params)

@@ -168,8 +168,8 @@ WITH {ONE_SETTLE}, {SETTLE_CTE}, usage AS (
 SELECT (SELECT id FROM h), (SELECT id FROM usage)
 """
 
-# The outbox's mark after an item landed (it may change an hour the usage roll-up has passed,
-# usage/rollup.py): the hour of its row, if the roll-up's watermark is past it.
+# Mark the hour of a request's row for the usage roll-up to recompute (usage/rollup.py), if the
+# roll-up's watermark is past it: for a write that lands after its hour was rolled up.
 MARK_DIRTY = """
 INSERT INTO usage_usagehourdirty (hour)
 SELECT date_trunc('hour', u.started_at, 'UTC')
