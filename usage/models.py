@@ -240,7 +240,7 @@ class UsageRollup(models.Model):
 
 
 class UsageHourDirty(models.Model):
-    """An hour below the watermark whose rows changed after it was rolled up (sql.MARK_DIRTY), to
+    """An hour below the watermark whose rows changed after it was rolled up (rollup.MARK_DIRTY), to
     be recomputed by the next run."""
 
     hour = models.DateTimeField(primary_key=True)

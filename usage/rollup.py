@@ -10,7 +10,7 @@ while its request holds credit (the settle, the sweeper, a background response's
 watermark never passes the oldest open hold, nor `now - OPENBILI_USAGE_ROLLUP_MARGIN_SECONDS`
 (rows written whole at the end of a short request, clock skew between gateway and database). A
 write that lands later — an outbox item, after the database was away — is not seen by an hour
-already rolled up until that hour is marked in UsageHourDirty (sql.MARK_DIRTY) and recomputed by
+already rolled up until that hour is marked in UsageHourDirty (MARK_DIRTY) and recomputed by
 the next run; the outbox's drain does not mark yet (the gap is known: a summary may then differ
 from the rows for that hour until it is recomputed). Recomputing an hour is a DELETE and an
 INSERT … SELECT in one transaction, so a reader sees the old hour or the new one, never half of
@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.db import connection, transaction
 
-from usage.selectors import ERROR_CLASSES, TOKEN_COLUMNS
+from usage.selectors import ERROR_CLASSES, TOKEN_COLUMNS, floor_hour, rollup_watermark
 
 log = logging.getLogger("openbili.usage")
 
@@ -53,16 +53,17 @@ SELECT date_trunc('hour', started_at, 'UTC'), {", ".join(GROUP)}, {", ".join(_AG
 """  # noqa: S608
 
 
-def floor_hour(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+# Mark the hour of a request's row for the usage roll-up to recompute (usage/rollup.py), if the
+# roll-up's watermark is past it: for a write that lands after its hour was rolled up.
+MARK_DIRTY = """
+INSERT INTO usage_usagehourdirty (hour)
+SELECT date_trunc('hour', u.started_at, 'UTC')
+  FROM usage_usagerecord u, usage_usagerollup r
+ WHERE u.request_id = %(request_id)s AND u.started_at < r.through
+ON CONFLICT (hour) DO NOTHING
+"""
 
-
-def watermark() -> datetime | None:
-    """Hours before this are in the roll-up (None: nothing is)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT through FROM usage_usagerollup WHERE id = 1")
-        row = cursor.fetchone()
-    return row[0] if row else None
+watermark = rollup_watermark  # hours before it are in the roll-up (None: nothing is)
 
 
 def horizon(now: datetime) -> datetime:

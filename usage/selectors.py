@@ -108,8 +108,8 @@ def usage_aggregate(
     raw = Q(started_at__gte=start, started_at__lt=end)
     through = rollup_watermark() if bucket != "minute" else None
     if through is not None:
-        first = start if start == _floor_hour(start) else _floor_hour(start) + timedelta(hours=1)
-        last = min(_floor_hour(end), through)
+        first = start if start == floor_hour(start) else floor_hour(start) + timedelta(hours=1)
+        last = min(floor_hour(end), through)
         if first < last:
             hours = UsageHour.objects.filter(account_id=account_id, hour__gte=first, hour__lt=last)
             if models is not None:
@@ -144,7 +144,7 @@ def _sort_key(key: tuple) -> tuple:
     return tuple((value is None, value) for value in key)
 
 
-def _floor_hour(moment: datetime) -> datetime:
+def floor_hour(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 

@@ -15,7 +15,6 @@ from billing import services
 from billing.models import Hold
 from tests.api.test_usage import make_row
 from usage import rollup, selectors
-from usage.gateway import sql
 from usage.models import UsageHour, UsageHourDirty, UsageRecord, UsageRollup
 
 H = timedelta(hours=1)
@@ -156,7 +155,7 @@ def test_a_late_write_marked_dirty_is_recomputed_and_runs_are_idempotent(rows, a
     late = make_row(account, at=start + 2 * H + timedelta(minutes=3), cost_usd=Decimal("1.000000000001"))
     assert selectors.usage_aggregate(**query) != raw_aggregate(**query)  # the roll-up does not know it yet
     with connection.cursor() as cursor:  # the mark of a write that landed late
-        cursor.execute(sql.MARK_DIRTY, {"request_id": late.request_id})
+        cursor.execute(rollup.MARK_DIRTY, {"request_id": late.request_id})
     assert list(UsageHourDirty.objects.values_list("hour", flat=True)) == [
         (start + 2 * H).replace(minute=0, second=0, microsecond=0)
     ]
@@ -167,7 +166,7 @@ def test_a_late_write_marked_dirty_is_recomputed_and_runs_are_idempotent(rows, a
     assert totals["cost_usd"] == selectors.totals_of(first)["cost_usd"] + Decimal("1.000000000001")
     recent = make_row(account, at=NOW - timedelta(minutes=1))
     with connection.cursor() as cursor:  # past the watermark: nothing to mark
-        cursor.execute(sql.MARK_DIRTY, {"request_id": recent.request_id})
+        cursor.execute(rollup.MARK_DIRTY, {"request_id": recent.request_id})
     assert not UsageHourDirty.objects.exists()
 
 

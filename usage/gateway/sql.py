@@ -167,13 +167,3 @@ WITH {ONE_SETTLE}, {SETTLE_CTE}, usage AS (
 )
 SELECT (SELECT id FROM h), (SELECT id FROM usage)
 """
-
-# Mark the hour of a request's row for the usage roll-up to recompute (usage/rollup.py), if the
-# roll-up's watermark is past it: for a write that lands after its hour was rolled up.
-MARK_DIRTY = """
-INSERT INTO usage_usagehourdirty (hour)
-SELECT date_trunc('hour', u.started_at, 'UTC')
-  FROM usage_usagerecord u, usage_usagerollup r
- WHERE u.request_id = %(request_id)s AND u.started_at < r.through
-ON CONFLICT (hour) DO NOTHING
-"""
