@@ -240,8 +240,8 @@ class UsageRollup(models.Model):
 
 
 class UsageHourDirty(models.Model):
-    """An hour below the watermark whose rows changed after it was rolled up (rollup.MARK_DIRTY), to
-    be recomputed by the next run."""
+    """An hour whose rows changed after they could have been rolled up (a late outbox write:
+    usage.gateway.outbox.MARK_DIRTY), to be recomputed by the next run."""
 
     hour = models.DateTimeField(primary_key=True)
     marked_at = models.DateTimeField(db_default=Now())  # the outbox marks it in raw SQL

@@ -10,9 +10,8 @@ while its request holds credit (the settle, the sweeper, a background response's
 watermark never passes the oldest open hold, nor `now - OPENBILI_USAGE_ROLLUP_MARGIN_SECONDS`
 (rows written whole at the end of a short request, clock skew between gateway and database). A
 write that lands later — an outbox item, after the database was away — is not seen by an hour
-already rolled up until that hour is marked in UsageHourDirty (MARK_DIRTY) and recomputed by
-the next run; the outbox's drain does not mark yet (the gap is known: a summary may then differ
-from the rows for that hour until it is recomputed). Recomputing an hour is a DELETE and an
+already rolled up: the drain marks that hour in UsageHourDirty (outbox.MARK_DIRTY), and the
+next run recomputes it. Recomputing an hour is a DELETE and an
 INSERT … SELECT in one transaction, so a reader sees the old hour or the new one, never half of
 either, and a run repeated or interrupted changes nothing.
 """
@@ -52,16 +51,6 @@ SELECT date_trunc('hour', started_at, 'UTC'), {", ".join(GROUP)}, {", ".join(_AG
  GROUP BY 1, {", ".join(str(i) for i in range(2, len(GROUP) + 2))}
 """  # noqa: S608
 
-
-# Mark the hour of a request's row for the usage roll-up to recompute (usage/rollup.py), if the
-# roll-up's watermark is past it: for a write that lands after its hour was rolled up.
-MARK_DIRTY = """
-INSERT INTO usage_usagehourdirty (hour)
-SELECT date_trunc('hour', u.started_at, 'UTC')
-  FROM usage_usagerecord u, usage_usagerollup r
- WHERE u.request_id = %(request_id)s AND u.started_at < r.through
-ON CONFLICT (hour) DO NOTHING
-"""
 
 watermark = rollup_watermark  # hours before it are in the roll-up (None: nothing is)
 

@@ -9,12 +9,16 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+import redis
+from django.conf import settings
 from django.db import connection
 
 from billing import services
 from billing.models import Hold
 from tests.api.test_usage import make_row
 from usage import rollup, selectors
+from usage.gateway import outbox, sql
+from usage.gateway.state import conninfo
 from usage.models import UsageHour, UsageHourDirty, UsageRecord, UsageRollup
 
 H = timedelta(hours=1)
@@ -155,7 +159,7 @@ def test_a_late_write_marked_dirty_is_recomputed_and_runs_are_idempotent(rows, a
     late = make_row(account, at=start + 2 * H + timedelta(minutes=3), cost_usd=Decimal("1.000000000001"))
     assert selectors.usage_aggregate(**query) != raw_aggregate(**query)  # the roll-up does not know it yet
     with connection.cursor() as cursor:  # the mark of a write that landed late
-        cursor.execute(rollup.MARK_DIRTY, {"request_id": late.request_id})
+        cursor.execute(outbox.MARK_DIRTY, {"request_id": late.request_id})
     assert list(UsageHourDirty.objects.values_list("hour", flat=True)) == [
         (start + 2 * H).replace(minute=0, second=0, microsecond=0)
     ]
@@ -165,9 +169,39 @@ def test_a_late_write_marked_dirty_is_recomputed_and_runs_are_idempotent(rows, a
     totals = selectors.totals_of(selectors.usage_aggregate(**query))
     assert totals["cost_usd"] == selectors.totals_of(first)["cost_usd"] + Decimal("1.000000000001")
     recent = make_row(account, at=NOW - timedelta(minutes=1))
-    with connection.cursor() as cursor:  # past the watermark: nothing to mark
-        cursor.execute(rollup.MARK_DIRTY, {"request_id": recent.request_id})
-    assert not UsageHourDirty.objects.exists()
+    with connection.cursor() as cursor:  # past the watermark: a needless mark, harmless
+        cursor.execute(outbox.MARK_DIRTY, {"request_id": recent.request_id})
+    assert rollup.usage_rollup(now=NOW) == 1
+    assert selectors.usage_aggregate(**query) == raw_aggregate(**query)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_landing_from_the_outbox_after_its_hour_was_rolled_up_is_counted(alice):
+    """The sweeper's drain (its own connection, as in production) lands a deferred row whose hour
+    the roll-up has passed, and marks the hour: the next run makes the summary exact again."""
+    account = alice.account
+    at = NOW - 5 * H + timedelta(minutes=7)
+    make_row(account, at=at - H)
+    late = make_row(account, at=at, cost_usd=Decimal("0.000000000007"), input_tokens=11)
+    params = {column: getattr(late, column) for column in sql.COLUMNS}  # an outbox item's row
+    late.delete()  # the row's write failed: it waits in the outbox
+    rollup.usage_rollup(now=NOW)
+    assert rollup.watermark() > at
+    query = {"account_id": account.pk, "start": at - 2 * H, "end": NOW, "bucket": "hour"}
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.delete(outbox.KEY)
+    client.rpush(outbox.KEY, outbox.document("row", params))
+    try:
+        assert outbox.drain_sync(settings.REDIS_URL, conninfo()) == 1
+    finally:
+        client.delete(outbox.KEY)
+        client.close()
+    assert UsageRecord.objects.filter(request_id=late.request_id).exists()
+    assert list(UsageHourDirty.objects.values_list("hour", flat=True)) == [selectors.floor_hour(at)]
+    assert rollup.usage_rollup(now=NOW) == 1
+    summed = selectors.usage_aggregate(**query)
+    assert summed == raw_aggregate(**query)
+    assert selectors.totals_of(summed)["tokens_input"] == 11
 
 
 def test_minute_buckets_and_an_empty_table(db):

@@ -81,7 +81,11 @@ def test_postgres_stopped_for_five_seconds_under_load(faults, account):
     assert len(during) >= CONCURRENCY, f"only {len(during)} requests during the outage"
     assert all(a.status == 503 for a in during), [a.describe() for a in during if a.status != 503][:8]
     # ... and after the return every request has its one row, written late or not
-    reconcile(faults.db, account, sent=len(answers), request_ids=[a.request_id for a in answers], timeout=15)
+    rows = reconcile(faults.db, account, sent=len(answers), request_ids=[a.request_id for a in answers], timeout=15)
+    # ... and the hours of the late writes are marked for the usage roll-up to recompute
+    marked = {row["hour"] for row in faults.db.query("SELECT hour FROM usage_usagehourdirty")}
+    hours = {row["started_at"].replace(minute=0, second=0, microsecond=0) for row in rows.values()}
+    assert marked and marked <= hours, (marked, hours)
 
 
 IN_FLIGHT = 8

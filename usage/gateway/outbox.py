@@ -110,6 +110,7 @@ class Outbox:
         try:
             async with pool.connection() as conn:
                 await apply_async(conn, item)
+                await mark_async(conn, item)
         except UNREACHABLE:
             raise
         except psycopg.Error:
@@ -155,6 +156,36 @@ def apply_sync(cursor: psycopg.Cursor, item: dict[str, Any]) -> None:
         cursor.execute(sql.INSERT_USAGE, params)
 
 
+# A write landing late may fall in an hour the usage roll-up has already summed (usage/rollup.py):
+# mark its hour for the next run to recompute. Its own statement, after the item landed
+# (autocommit), so that a failure here never undoes the write. Marked whatever the watermark says:
+# read here it could be a run's old one, about to pass this hour without the row; a needless mark
+# costs one hour's recompute.
+MARK_DIRTY = """
+INSERT INTO usage_usagehourdirty (hour)
+SELECT date_trunc('hour', started_at, 'UTC') FROM usage_usagerecord WHERE request_id = %(request_id)s
+ON CONFLICT (hour) DO NOTHING
+"""
+
+
+async def mark_async(conn: psycopg.AsyncConnection, item: dict[str, Any]) -> None:
+    try:
+        await conn.execute(MARK_DIRTY, {"request_id": item["request_id"]})
+    except UNREACHABLE:
+        raise
+    except psycopg.Error:
+        log.exception("request_id=%s landed; marking its usage hour for the roll-up failed", item["request_id"])
+
+
+def mark_sync(cursor: psycopg.Cursor, item: dict[str, Any]) -> None:
+    try:
+        cursor.execute(MARK_DIRTY, {"request_id": item["request_id"]})
+    except UNREACHABLE:
+        raise
+    except psycopg.Error:
+        log.exception("request_id=%s landed; marking its usage hour for the roll-up failed", item["request_id"])
+
+
 PENDING_HOLD = "SELECT hold_id FROM usage_usagerecord WHERE request_id = %(request_id)s AND billing_result = 'pending'"
 
 
@@ -185,6 +216,7 @@ def drain_sync(redis_url: str, conninfo: str) -> int:
                 item = json.loads(raw)
                 try:
                     apply_sync(cursor, item)
+                    mark_sync(cursor, item)
                 except UNREACHABLE:
                     raise
                 except psycopg.Error:
