@@ -126,6 +126,14 @@ class LedgerEntry(models.Model):
     )
     hold = models.OneToOneField("Hold", null=True, blank=True, on_delete=models.PROTECT, related_name="entry")
     request_id = models.CharField(max_length=64, blank=True)
+    ticket = models.ForeignKey(
+        "tickets.Ticket",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="ledger_entries",
+        help_text="The diagnostic ticket a refund was granted on.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -423,7 +431,7 @@ class PriceSnapshot(models.Model):
     def as_dict(self) -> dict[str, object]:
         """The no-secret JSON form shown in usage rows, exports and tickets."""
         data: dict[str, object] = {"id": self.pk, "model": self.model_name, "currency": self.currency}
-        data |= {f: str(getattr(self, f)) for f in PriceVersion.PRICE_FIELDS}
+        data |= {f: f"{getattr(self, f):f}" for f in PriceVersion.PRICE_FIELDS}  # plain digits: never 0E-10
         return data
 
 

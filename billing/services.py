@@ -75,6 +75,7 @@ def ledger_post(
     reason: str = "",
     actor=None,
     request_id: str = "",
+    ticket_id: int | None = None,
 ) -> LedgerEntry:
     """Move an account's balance by one append-only entry (top-up, adjustment or refund).
 
@@ -111,6 +112,7 @@ def ledger_post(
                 reason=reason,
                 created_by=actor,
                 request_id=request_id,
+                ticket_id=ticket_id,
             )
     except IntegrityError as exc:  # the same key, committed meanwhile for another account
         raise IdempotencyConflict() from exc

@@ -189,7 +189,11 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "openbili.api.pagination.Cursor",
     "EXCEPTION_HANDLER": "openbili.api.errors.exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.ScopedRateThrottle"],
-    "DEFAULT_THROTTLE_RATES": {"login": os.environ.get("OPENBILI_API_LOGIN_RATE", "30/min")},
+    "DEFAULT_THROTTLE_RATES": {
+        "login": os.environ.get("OPENBILI_API_LOGIN_RATE", "30/min"),
+        # New diagnostic tickets per account (tickets/api.py), e.g. 30/hour.
+        "ticket_create": os.environ.get("OPENBILI_TICKET_CREATE_RATE", "30/hour"),
+    },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
@@ -209,6 +213,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "ModelStatusEnum": "billing.selectors.PLAZA_STATUSES",
         "KeyStatusEnum": ("active", "disabled", "expired"),
+        "TicketStatusEnum": "tickets.models.Ticket.Status",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -229,6 +234,21 @@ CSRF_TRUSTED_ORIGINS = [*CSRF_TRUSTED_ORIGINS, *CONSOLE_ORIGINS]
 OPENBILI_HOLD_TTL_SECONDS = int(os.environ.get("OPENBILI_HOLD_TTL_SECONDS", "900"))
 # The hourly usage roll-up (usage/rollup.py) stays this far behind now, besides every open hold.
 OPENBILI_USAGE_ROLLUP_MARGIN_SECONDS = int(os.environ.get("OPENBILI_USAGE_ROLLUP_MARGIN_SECONDS", "300"))
+
+# Diagnostic tickets (tickets/); their creation rate per account is REST_FRAMEWORK's "ticket_create".
+# Ticket e-mails (tickets/notify.py): support's address for new tickets and customer replies
+# (empty: none), and whether the customer who opened a ticket hears of support's replies.
+OPENBILI_SUPPORT_EMAIL = os.environ.get("OPENBILI_SUPPORT_EMAIL", "")
+OPENBILI_TICKET_CUSTOMER_EMAILS = env_bool("OPENBILI_TICKET_CUSTOMER_EMAILS", True)
+# Django's e-mail settings, from the environment; the console backend (mail printed to the
+# process's output) until a real one is configured, e.g. django.core.mail.backends.smtp.EmailBackend.
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Openbili <noreply@localhost>")
 
 # Stored images (POST /v1/images/generations, usage/images.py). An image an upstream returns as
 # bytes is kept in the storage alias "openbili_images" and handed out as a capability URL,

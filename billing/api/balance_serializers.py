@@ -44,7 +44,8 @@ class LedgerEntrySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = LedgerEntry
-        fields = ("id", "kind", "amount", "balance_after", "reason", "created_at", "request_id", "hold")
+        fields = ("id", "kind", "amount", "balance_after", "reason", "created_at", "request_id", "hold", "ticket")
+        extra_kwargs = {"ticket": {"help_text": "The diagnostic ticket a refund was granted on, if any."}}
         read_only_fields = fields
 
     @extend_schema_field(serializers.CharField(allow_null=True, help_text="The gateway request it settles, if any."))

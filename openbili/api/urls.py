@@ -11,4 +11,5 @@ urlpatterns = [
     path("me/tokens/<int:pk>", views.TokenView.as_view(), name="api-token"),
     path("accounts/<int:account_id>/", include("billing.api.urls")),
     path("accounts/<int:account_id>/", include("usage.api.urls")),
+    path("", include("tickets.api.views")),
 ]

@@ -171,3 +171,13 @@ class IdempotencyConflict(OpenbiliError):
     error_class = "invalid_request"
     openai_type = "invalid_request_error"
     message = "This idempotency key was already used for a different operation."
+
+
+class StateConflict(OpenbiliError):
+    """The object is not in a state that allows this (a closed ticket, a request still running)."""
+
+    status = 409
+    code = "conflict"
+    error_class = "invalid_request"
+    openai_type = "invalid_request_error"
+    message = "The request conflicts with the object's current state."

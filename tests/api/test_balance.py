@@ -116,6 +116,7 @@ def test_entries_newest_first_with_their_request_and_hold(alice):
         "created_at": "",
         "request_id": None,
         "hold": None,
+        "ticket": None,
     }
     assert (usage["amount"], usage["balance_after"], usage["request_id"]) == (
         "-0.000000020000",
@@ -124,7 +125,17 @@ def test_entries_newest_first_with_their_request_and_hold(alice):
     )
     assert usage["hold"] == {"id": hold_id, "amount": "0.500000000000", "state": "settled"}
     assert (opening["reason"], opening["balance_after"]) == ("opening credit", "100.000000000000")
-    assert set(topup) == {"id", "kind", "amount", "balance_after", "reason", "created_at", "request_id", "hold"}
+    assert set(topup) == {
+        "id",
+        "kind",
+        "amount",
+        "balance_after",
+        "reason",
+        "created_at",
+        "request_id",
+        "hold",
+        "ticket",
+    }
 
 
 def test_one_entry(alice):

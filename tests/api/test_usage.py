@@ -146,6 +146,7 @@ def test_a_row_shows_its_prices_tokens_cost_timings_and_attempts_by_route_name(a
             {"attempt": 2, "route": route.name, "provider": "openai", "upstream_model": "gpt-5", "status": 200,
              "error": "", "ms": 1400.0},
         ],
+        "ticket": None,
     }  # fmt: skip
     # the same row in the list
     listed = alice.client.get(alice.url("/usage")).json()["results"]
@@ -321,8 +322,8 @@ def test_a_page_costs_the_same_few_queries_however_many_rows(alice, keys, catalo
                       {"attempt": 2, "route_id": route.pk, "status": 200, "error": "", "ms": 2.0}],
         )  # fmt: skip
     alice.client.get(alice.url("/usage"))  # the token's last_used_at is written once
-    # token, membership, the page (rows + snapshots in one join), the route names
-    with django_assert_max_num_queries(4):
+    # token, membership, the page (rows + snapshots in one join), the route names, the tickets
+    with django_assert_max_num_queries(5):
         response = alice.client.get(alice.url("/usage?page_size=40"))
     rows = response.json()["results"]
     assert len(rows) == 40

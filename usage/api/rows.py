@@ -2,7 +2,7 @@
 
 A page is one index range scan (usage_account_time, or usage_account_model_time /
 usage_key_time / usage_account_error_time when filtered by model, key or error) plus one query
-for the names of the routes its rows mention.
+for the names of the routes its rows mention and one for the tickets already opened on them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from openbili.api.pagination import Cursor
 from openbili.api.params import check_known
 from openbili.api.tenancy import AccountScoped
+from tickets import selectors as ticket_selectors
 from usage import selectors
 from usage.api.filters import USAGE_FILTERS, UsageFilter
 from usage.api.serializers import UsageRowSerializer
@@ -39,7 +40,9 @@ class UsageScoped(AccountScoped, generics.GenericAPIView):
     def rows_serialized(self, rows, *, many: bool):
         items = list(rows) if many else [rows]
         names = selectors.route_names(selectors.page_route_ids(items))
-        return UsageRowSerializer(rows, many=many, context=self.get_serializer_context() | {"route_names": names})
+        tickets = ticket_selectors.tickets_by_request([row.request_id for row in items])
+        context = self.get_serializer_context() | {"route_names": names, "tickets": tickets}
+        return UsageRowSerializer(rows, many=many, context=context)
 
 
 @extend_schema(tags=["usage"])

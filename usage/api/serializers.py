@@ -82,6 +82,17 @@ class UsageAttemptSerializer(serializers.Serializer):
         return self.context.get("route_names", {}).get(attempt.get("route_id"))
 
 
+class UsageTicketSerializer(serializers.Serializer):
+    """The diagnostic ticket already opened on this request (GET /api/v1/tickets/{id})."""
+
+    id = serializers.IntegerField(read_only=True)
+    status = serializers.CharField(read_only=True)
+    url = serializers.SerializerMethodField()
+
+    def get_url(self, ticket) -> str:
+        return f"/api/v1/tickets/{ticket.id}"
+
+
 def _ms(start, end) -> int | None:
     if start is None or end is None:
         return None
@@ -99,6 +110,7 @@ class UsageRowSerializer(serializers.ModelSerializer):
     time_to_first_byte_ms = serializers.SerializerMethodField()
     duration_ms = serializers.SerializerMethodField()
     attempts = serializers.SerializerMethodField()
+    ticket = serializers.SerializerMethodField()
 
     class Meta:
         model = UsageRecord
@@ -134,6 +146,7 @@ class UsageRowSerializer(serializers.ModelSerializer):
             "output_reached_client",
             "client_disconnected_at",
             "attempts",
+            "ticket",
         )
         read_only_fields = fields
 
@@ -148,6 +161,11 @@ class UsageRowSerializer(serializers.ModelSerializer):
     @extend_schema_field(serializers.IntegerField(allow_null=True))
     def get_duration_ms(self, row: UsageRecord) -> int | None:
         return _ms(row.started_at, row.finished_at)
+
+    @extend_schema_field(UsageTicketSerializer(allow_null=True))
+    def get_ticket(self, row: UsageRecord) -> dict | None:
+        ticket = self.context.get("tickets", {}).get(row.request_id)
+        return UsageTicketSerializer(ticket).data if ticket is not None else None
 
     @extend_schema_field(UsageAttemptSerializer(many=True))
     def get_attempts(self, row: UsageRecord) -> list:
