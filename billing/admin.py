@@ -311,9 +311,10 @@ class LedgerEntryAdmin(IdSearchMixin, ViewOnlyAdmin):
         "balance_after_usd",
         "reason_short",
         "request_id",
+        "ticket_link",
         "created_by",
     ]
-    list_filter = ["kind", "created_at"]
+    list_filter = ["kind", ("ticket", admin.EmptyFieldListFilter), "created_at"]
     list_select_related = ["account", "created_by"]
     search_fields = ["account__name", "idempotency_key__exact", "request_id__exact"]
     search_help_text = "Account name (contains), or an exact idempotency key or request_id (req_…)."
@@ -337,6 +338,14 @@ class LedgerEntryAdmin(IdSearchMixin, ViewOnlyAdmin):
     @admin.display(description="reason")
     def reason_short(self, obj):
         return obj.reason if len(obj.reason) <= 60 else obj.reason[:59] + "…"
+
+    @admin.display(description="ticket", ordering="ticket")
+    def ticket_link(self, obj):
+        if obj.ticket_id is None:
+            return "-"
+        return format_html(
+            '<a href="{}">#{}</a>', reverse("admin:tickets_ticket_change", args=[obj.ticket_id]), obj.ticket_id
+        )
 
 
 @admin.register(Hold)

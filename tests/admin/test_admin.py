@@ -41,6 +41,8 @@ from tests.factories import (
     UserFactory,
     make_visible_model,
 )
+from tickets.models import Ticket
+from tickets.services import ticket_open
 from usage.models import StoredImage, UsageRecord
 
 SECRET_RE = re.compile(r"sk-ob-[A-Za-z0-9_-]{43}")
@@ -129,6 +131,11 @@ def build_stored_image() -> StoredImage:
     )
 
 
+def build_ticket() -> Ticket:
+    usage = build_usage()
+    return ticket_open(account=usage.account, row=usage, user=None, subject="billing question")[0]
+
+
 BUILDERS = {
     Account: lambda: AccountFactory(credit=Decimal("10")),
     LedgerEntry: lambda: AccountFactory(credit=Decimal("5")).ledger_entries.get(),
@@ -143,6 +150,7 @@ BUILDERS = {
     StoredImage: build_stored_image,
     KeyAudit: build_key_audit,
     Group: lambda: Group.objects.create(name=f"group {next(_seq)}"),
+    Ticket: build_ticket,
 }
 BUILDERS[UserFactory._meta.model] = UserFactory
 # django-axes' records of failed logins (its own admin pages: operators unlock from there)
