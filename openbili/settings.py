@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # the docs page's assets, served locally (no CDN)
+    "django_celery_beat",  # beat's schedule in the database, editable in the admin
     "corsheaders",
     "openbili.core",
     "openbili.api",
@@ -154,6 +155,15 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", CELERY_BROKER_UR
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# The queue tasks go to and workers read (one per deployment; the test suite's worker has its own).
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")
+# On Redis, a task a dead worker had taken (acks_late) is handed out again after this many seconds;
+# longer than any task's time limit, so a slow task is never run twice at once.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600"))}
+CELERY_TASK_SEND_SENT_EVENT = False
+# Beat reads its schedule from the database (django-celery-beat), editable in the admin's
+# "Periodic tasks"; CELERY_BEAT_SCHEDULE below is installed there as the defaults.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -271,6 +281,22 @@ if OPENBILI_IMAGE_STORAGE_BACKEND == "django.core.files.storage.FileSystemStorag
         **OPENBILI_IMAGE_STORAGE_OPTIONS,
     }
 STORAGES["openbili_images"] = {"BACKEND": OPENBILI_IMAGE_STORAGE_BACKEND, "OPTIONS": OPENBILI_IMAGE_STORAGE_OPTIONS}
+# Usage exports (usage/exports.py): files in the storage alias "openbili_exports" (local disk under
+# var/exports by default; any Django storage, as for images), downloadable by the account's members
+# until they expire; then `exports_expire` (beat, hourly) deletes the file.
+OPENBILI_EXPORT_STORAGE_BACKEND = os.environ.get(
+    "OPENBILI_EXPORT_STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage"
+)
+OPENBILI_EXPORT_STORAGE_OPTIONS = json.loads(os.environ.get("OPENBILI_EXPORT_STORAGE_OPTIONS") or "{}")
+if OPENBILI_EXPORT_STORAGE_BACKEND == "django.core.files.storage.FileSystemStorage":
+    OPENBILI_EXPORT_STORAGE_OPTIONS = {
+        "location": VAR_DIR / "exports",
+        "file_permissions_mode": 0o600,
+        "directory_permissions_mode": 0o700,
+        **OPENBILI_EXPORT_STORAGE_OPTIONS,
+    }
+STORAGES["openbili_exports"] = {"BACKEND": OPENBILI_EXPORT_STORAGE_BACKEND, "OPTIONS": OPENBILI_EXPORT_STORAGE_OPTIONS}
+OPENBILI_EXPORT_TTL_SECONDS = int(os.environ.get("OPENBILI_EXPORT_TTL_SECONDS", str(7 * 86400)))
 # How long an image URL works; the sweeper (`manage.py images_expire`, every 10 minutes) then
 # deletes the file and its row.
 OPENBILI_IMAGE_TTL_SECONDS = int(os.environ.get("OPENBILI_IMAGE_TTL_SECONDS", "86400"))

@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import pytest
 
+from tests.celery_worker import celery_worker  # noqa: F401 - fixture
 from tests.factories import AccountFactory, CatalogModelFactory, make_visible_model
 from tests.gateway_fixtures import claude, gateway, live_gateway, upstream  # noqa: F401 - fixtures
 

@@ -19,6 +19,7 @@ from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 
 from billing import keys, selectors, services
 from billing.models import (
@@ -159,6 +160,17 @@ BUILDERS[AccessAttempt] = lambda: AccessAttempt.objects.create(
 )
 BUILDERS[AccessFailureLog] = lambda: AccessFailureLog.objects.create(
     username=f"user{next(_seq)}", ip_address="198.51.100.7", user_agent="test", locked_out=False
+)
+
+# django-celery-beat's schedule (the monthly invoices' among them), edited by operators in the admin
+BUILDERS[IntervalSchedule] = lambda: IntervalSchedule.objects.create(every=60 + next(_seq), period="seconds")
+BUILDERS[CrontabSchedule] = lambda: CrontabSchedule.objects.create(minute="15", hour="0", day_of_month="1")
+BUILDERS[ClockedSchedule] = lambda: ClockedSchedule.objects.create(clocked_time=timezone.now())
+BUILDERS[SolarSchedule] = lambda: SolarSchedule.objects.create(
+    event="sunrise", latitude=Decimal(next(_seq) % 90), longitude=Decimal("2.35")
+)
+BUILDERS[PeriodicTask] = lambda: PeriodicTask.objects.create(
+    name=f"job {next(_seq)}", task="usage.tasks.usage_rollup", interval=BUILDERS[IntervalSchedule]()
 )
 
 VIEW_ONLY = [LedgerEntry, Hold, PriceSnapshot, Probe, UsageRecord, StoredImage, KeyAudit]
