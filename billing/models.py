@@ -451,3 +451,78 @@ class Probe(models.Model):
 
     def __str__(self) -> str:
         return f"{'OK' if self.ok else 'FAIL'} {self.route_id} at {self.checked_at:%Y-%m-%d %H:%M:%S}"
+
+
+# --- invoices ------------------------------------------------------------------------------------
+
+
+class Invoice(models.Model):
+    """One account's statement for one calendar month (UTC), final when written (billing/invoices.py).
+
+    It covers ledger entries, not time: every entry of the account written before the month's end
+    that no earlier invoice covered (InvoiceEntry), so an entry committed late — a request still in
+    flight at midnight settles after it — goes to the next invoice, never lost, never counted twice.
+    Invoices, their lines and their coverage are append-only (database triggers, migration 0010).
+    """
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="invoices", db_index=False)
+    number = models.CharField(max_length=32, unique=True, help_text="OB-YYYYMM-<account id>.")
+    period_start = models.DateTimeField(help_text="The month's first instant (UTC).")
+    period_end = models.DateTimeField(help_text="The next month's first instant (UTC), exclusive.")
+    currency = models.CharField(max_length=3, default="USD")
+    opening_balance = MoneyField(help_text="The closing balance of the account's previous invoice (0 for its first).")
+    topups = MoneyField(default=0)
+    refunds = MoneyField(default=0)
+    adjustments = MoneyField(default=0)
+    usage_exact = MoneyField(default=0, help_text="Usage charged, exact: the sum of the lines' costs.")
+    total = MoneyField(default=0, help_text="Usage charged: the sum of the lines' amounts, each rounded to the cent.")
+    closing_balance = MoneyField(help_text="opening + top-ups + refunds + adjustments - usage (exact).")
+    entry_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["account", "period_start"], name="invoice_account_period")]
+        ordering = ["-period_start", "account_id"]
+
+    def __str__(self) -> str:
+        return self.number
+
+
+class InvoiceLine(models.Model):
+    """Usage of one model and endpoint in the invoice, one line per billing result (billed, and
+    failed_but_billable on a line of its own)."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="lines")
+    model = models.CharField(max_length=128)
+    endpoint = models.CharField(max_length=64)
+    billing_result = models.CharField(max_length=32)
+    requests = models.PositiveIntegerField()
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cached_input_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    image_count = models.BigIntegerField(default=0)
+    cost = MoneyField(help_text="Exact: the sum of the ledger's charges for these requests.")
+    amount = MoneyField(help_text="cost rounded to the cent, once (billing.money.to_cents: half-even).")
+    price_snapshot_ids = ArrayField(models.BigIntegerField(), default=list, help_text="The price snapshots used.")
+
+    class Meta:
+        ordering = ["model", "endpoint", "billing_result"]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.endpoint} {self.billing_result}"
+
+
+class InvoiceEntry(models.Model):
+    """A ledger entry covered by an invoice: each entry by one invoice at most."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="+", db_index=False)
+    entry = models.OneToOneField(LedgerEntry, on_delete=models.PROTECT, related_name="+", primary_key=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["invoice"], name="invoice_entry_invoice")]
+        verbose_name_plural = "invoice entries"
+
+    def __str__(self) -> str:
+        return f"entry {self.entry_id} in invoice {self.invoice_id}"

@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("OPENBILI_VAR_DIR", BASE_DIR / "var"))
@@ -325,4 +326,14 @@ CELERY_BEAT_SCHEDULE = {
         "task": "usage.tasks.routes_probe",
         "schedule": float(os.environ.get("OPENBILI_PROBE_INTERVAL_SECONDS", "300")),
     },
+    # Every account's invoice for the month before, on the 1st at 00:15 UTC (billing/invoices.py);
+    # a charge committed after the build goes to the next month's invoice.
+    "invoices-monthly": {
+        "task": "billing.tasks.invoices_monthly",
+        "schedule": crontab(minute=15, hour=0, day_of_month=1),
+    },
+    # Nightly reconciliation (billing/reconcile.py): every difference is logged as an error.
+    "ledger-reconcile": {"task": "billing.tasks.ledger_reconcile", "schedule": crontab(minute=30, hour=2)},
+    # Expired usage exports' files are deleted (usage/exports.py).
+    "exports-expire": {"task": "usage.tasks.exports_expire", "schedule": 3600.0},
 }
