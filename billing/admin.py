@@ -15,14 +15,14 @@ from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.db.models import OuterRef, Subquery
-from django.http import Http404, HttpResponseRedirect
+from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from billing import keys, money, selectors, services
+from billing import invoice_files, keys, money, selectors, services
 from billing.forms import (
     ApiKeyAddForm,
     ApiKeyChangeForm,
@@ -36,6 +36,8 @@ from billing.models import (
     ApiKey,
     CatalogModel,
     Hold,
+    Invoice,
+    InvoiceLine,
     KeyAudit,
     LedgerEntry,
     Membership,
@@ -908,3 +910,82 @@ class KeyAuditAdmin(ViewOnlyAdmin):
     date_hierarchy = "created_at"
     ordering = ["-created_at", "-id"]
     fields = ["created_at", "account", "key", "key_prefix", "action", "actor", "changes"]
+
+
+# --- invoices ------------------------------------------------------------------------------------
+
+
+class InvoiceLineInline(admin.TabularInline):
+    model = InvoiceLine
+    extra = 0
+    can_delete = False
+    fields = ("model", "endpoint", "billing_result", "requests", "input_tokens", "output_tokens", "cost", "amount")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(ViewOnlyAdmin):
+    """Final monthly invoices (billing/invoices.py): built by beat on the 1st or by
+    `manage.py invoice_build`; never edited (append-only in the database)."""
+
+    list_display = ["number", "account", "period", "usage_exact_usd", "total_usd", "closing_usd", "files"]
+    list_filter = ["period_start"]
+    list_select_related = ["account"]
+    search_fields = ["number__exact", "account__name"]
+    search_help_text = "Exact invoice number (OB-YYYYMM-…), or account name (contains)."
+    ordering = ["-period_start", "account_id"]
+    inlines = [InvoiceLineInline]
+    show_full_result_count = False
+
+    @admin.display(description="period", ordering="period_start")
+    def period(self, obj):
+        return f"{obj.period_start:%Y-%m}"
+
+    @admin.display(description="usage, exact (USD)")
+    def usage_exact_usd(self, obj):
+        return usd(obj.usage_exact)
+
+    @admin.display(description="total (USD)", ordering="total")
+    def total_usd(self, obj):
+        return usd(obj.total)
+
+    @admin.display(description="closing balance (USD)")
+    def closing_usd(self, obj):
+        return usd(obj.closing_balance)
+
+    @admin.display(description="files")
+    def files(self, obj):
+        return format_html(
+            '<a href="{}">XLSX</a> · <a href="{}">CSV</a>',
+            reverse("admin:billing_invoice_download", args=[obj.pk, "xlsx"]),
+            reverse("admin:billing_invoice_download", args=[obj.pk, "csv"]),
+        )
+
+    def get_urls(self):
+        download = self.admin_site.admin_view(self.download_view)
+        return [
+            path("<int:invoice_id>/download.<str:kind>", download, name="billing_invoice_download"),
+            *super().get_urls(),
+        ]
+
+    def download_view(self, request, invoice_id: int, kind: str):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        invoice = Invoice.objects.select_related("account").filter(pk=invoice_id).first()
+        if invoice is None or kind not in ("xlsx", "csv"):
+            raise Http404
+        body = invoice_files.as_xlsx(invoice) if kind == "xlsx" else invoice_files.as_csv(invoice)
+        content_type = (
+            "text/csv; charset=utf-8"
+            if kind == "csv"
+            else "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+        )
+        response = HttpResponse(body, content_type=content_type)
+        response["Content-Disposition"] = f'attachment; filename="{invoice.number}.{kind}"'
+        return response

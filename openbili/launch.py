@@ -170,14 +170,16 @@ def main() -> int:
         if demo:
             print(banner(host, port, demo), flush=True)
         # No Celery worker here: run the periodic jobs (sweeper, probes, image expiry, billing
-        # finished background responses, the usage roll-up) from this loop instead; each is the management command
-        # of that name.
+        # finished background responses, the usage roll-up, monthly invoices) from this loop
+        # instead; each is the management command of that name.
         schedule = {
             "sweep": 60.0,
             "probe": float(env.get("OPENBILI_PROBE_INTERVAL_SECONDS", "300")),
             "images_expire": 600.0,
             "responses_poll": 15.0,
             "usage_rollup": 300.0,
+            # last month's invoices, once the month is over (a no-op when they exist)
+            "invoice_build": 3600.0,
         }
         due = {job: time.monotonic() + every for job, every in schedule.items()}
         while all(child.poll() is None for child in children):

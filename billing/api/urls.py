@@ -1,3 +1,3 @@
-from billing.api import balance, keys, members, plaza
+from billing.api import balance, invoices, keys, members, plaza
 
-urlpatterns = [*keys.urlpatterns, *members.urlpatterns, *plaza.urlpatterns, *balance.urlpatterns]
+urlpatterns = [*keys.urlpatterns, *members.urlpatterns, *plaza.urlpatterns, *balance.urlpatterns, *invoices.urlpatterns]

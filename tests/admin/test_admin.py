@@ -21,12 +21,13 @@ from django.urls import reverse
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 
-from billing import keys, selectors, services
+from billing import invoices, keys, selectors, services
 from billing.models import (
     Account,
     ApiKey,
     CatalogModel,
     Hold,
+    Invoice,
     KeyAudit,
     LedgerEntry,
     PriceSnapshot,
@@ -132,6 +133,12 @@ def build_stored_image() -> StoredImage:
     )
 
 
+def build_invoice() -> Invoice:
+    usage = build_usage()
+    month = invoices.month_start(timezone.now())
+    return invoices.invoice_build(account=usage.account, month=month, now=invoices.next_month(month)).invoice
+
+
 def build_ticket() -> Ticket:
     usage = build_usage()
     return ticket_open(account=usage.account, row=usage, user=None, subject="billing question")[0]
@@ -152,6 +159,7 @@ BUILDERS = {
     KeyAudit: build_key_audit,
     Group: lambda: Group.objects.create(name=f"group {next(_seq)}"),
     Ticket: build_ticket,
+    Invoice: build_invoice,
 }
 BUILDERS[UserFactory._meta.model] = UserFactory
 # django-axes' records of failed logins (its own admin pages: operators unlock from there)
@@ -173,7 +181,7 @@ BUILDERS[PeriodicTask] = lambda: PeriodicTask.objects.create(
     name=f"job {next(_seq)}", task="usage.tasks.usage_rollup", interval=BUILDERS[IntervalSchedule]()
 )
 
-VIEW_ONLY = [LedgerEntry, Hold, PriceSnapshot, Probe, UsageRecord, StoredImage, KeyAudit]
+VIEW_ONLY = [LedgerEntry, Hold, PriceSnapshot, Probe, UsageRecord, StoredImage, KeyAudit, Invoice]
 REGISTERED = sorted(admin.site._registry, key=lambda model: model._meta.label)
 
 
