@@ -163,8 +163,9 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery"
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600"))}
 CELERY_TASK_SEND_SENT_EVENT = False
 # Beat reads its schedule from the database (django-celery-beat), editable in the admin's
-# "Periodic tasks"; CELERY_BEAT_SCHEDULE below is installed there as the defaults.
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# "Periodic tasks"; each entry of CELERY_BEAT_SCHEDULE below is installed there once, as a default
+# an operator may then change (openbili/beat.py).
+CELERY_BEAT_SCHEDULER = "openbili.beat:Scheduler"
 CELERY_TIMEZONE = "UTC"
 
 AUTH_PASSWORD_VALIDATORS = [
