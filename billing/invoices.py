@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.db import connection, transaction
-from django.db.models import Min
+from django.db.models import Exists, Min, OuterRef
 from django.utils import timezone
 
 from billing import money
@@ -174,5 +174,10 @@ def invoices_build_month(*, month: datetime | None = None, now: datetime | None 
     """Every account's invoice for `month` (default: the month before now), e.g. from beat on the 1st."""
     now = now or timezone.now()
     start = month_start(month) if month else previous_month(month_start(now))
-    accounts = Account.objects.filter(ledger_entries__created_at__lt=next_month(start)).distinct().order_by("pk")
-    return [invoice_build(account=account, month=start, now=now) for account in accounts]
+    return [invoice_build(account=account, month=start, now=now) for account in accounts_to_invoice(start)]
+
+
+def accounts_to_invoice(start: datetime):
+    """Accounts with any ledger entry before the month's end: one index probe each (ledger_account_time)."""
+    earlier = LedgerEntry.objects.filter(account=OuterRef("pk"), created_at__lt=next_month(start))
+    return Account.objects.filter(Exists(earlier)).order_by("pk")

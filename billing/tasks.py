@@ -23,12 +23,7 @@ def invoices_monthly(self, month: str | None = None) -> int:
     try:
         start = invoices.parse_month(month) if month else None
         start = start or invoices.previous_month(invoices.month_start(timezone.now()))
-        ids = list(
-            Account.objects.filter(ledger_entries__created_at__lt=invoices.next_month(start))
-            .distinct()
-            .order_by("pk")
-            .values_list("pk", flat=True)
-        )
+        ids = list(invoices.accounts_to_invoice(start).values_list("pk", flat=True))
     except TRANSIENT as exc:
         raise self.retry(exc=exc, countdown=60 * 2**self.request.retries) from exc
     for account_id in ids:
