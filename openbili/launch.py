@@ -170,7 +170,7 @@ def main() -> int:
         if demo:
             print(banner(host, port, demo), flush=True)
         # No Celery worker here: run the periodic jobs (sweeper, probes, image expiry, billing
-        # finished background responses, the usage roll-up, monthly invoices) from this loop
+        # finished background responses, the usage roll-up, monthly invoices, expired exports) from this loop
         # instead; each is the management command of that name.
         schedule = {
             "sweep": 60.0,
@@ -180,6 +180,7 @@ def main() -> int:
             "usage_rollup": 300.0,
             # last month's invoices, once the month is over (a no-op when they exist)
             "invoice_build": 3600.0,
+            "exports_expire": 3600.0,
         }
         due = {job: time.monotonic() + every for job, every in schedule.items()}
         while all(child.poll() is None for child in children):

@@ -4,9 +4,10 @@
 database and the suite's Redis as the broker, on a queue of its own (so nothing else's tasks reach
 it, nor its tasks anything else), and points this process's Celery app at the same broker and
 queue, not eager, for the test's duration. The test's data must be committed for the worker to see
-it: the fixture brings `transactional_db`. `kill()` is a SIGKILL of the worker mid-task; `start()`
-starts a new one, which gets the killed task again once the broker's visibility timeout (a few
-seconds here) has passed, as acks_late promises.
+it: the fixture brings `transactional_db`. `kill()` is a SIGKILL of the worker mid-task; a worker
+started once the broker's visibility timeout (a few seconds here) has passed gets the killed task
+again at its start, as acks_late promises (a worker already running finds it only at kombu's next
+sweep of unacked messages, about every 100 s).
 """
 
 from __future__ import annotations
@@ -86,6 +87,17 @@ class Worker:
             time.sleep(0.1)
 
 
+def _drop_broker_pools(app) -> None:
+    """Close and forget the broker connections and producers of this process. kombu keeps its pools
+    in a process-wide registry keyed by broker URL, and Celery keeps its producer pool: closing a
+    pool but leaving it registered would hand the next test (same Redis URL) a closed pool."""
+    import kombu.pools
+
+    kombu.pools.reset()
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
 @pytest.fixture
 def celery_worker(transactional_db, tmp_path, monkeypatch):
     from openbili.celery import app
@@ -108,15 +120,13 @@ def celery_worker(transactional_db, tmp_path, monkeypatch):
     saved = {name: app.conf[name] for name in ("broker_url", "task_always_eager", "task_default_queue")}
     monkeypatch.setenv("CELERY_BROKER_URL", settings.REDIS_URL)  # Celery reads it before its own setting
     app.conf.update(broker_url=settings.REDIS_URL, task_always_eager=False, task_default_queue=queue)
-    app._pool = None  # a producer pool of the earlier broker, if one was made, is not reused
+    _drop_broker_pools(app)  # a pool of the earlier broker, if one was made, is not reused
     worker = Worker(tmp_path / "worker.log", env, queue).start()
     try:
         yield worker
     finally:
         worker.stop()
-        if app._pool is not None:
-            app._pool.force_close_all()
-            app._pool = None
+        _drop_broker_pools(app)
         app.conf.update(**saved)
         import redis
 

@@ -1,17 +1,19 @@
-"""Usage rows and stored images in the admin: read-only; usage rows searchable by request_id, trace_id,
-key prefix, account, model."""
+"""Usage rows, stored images and usage exports in the admin: read-only; usage rows searchable by
+request_id, trace_id, key prefix, account, model; exports can be retried."""
 
 from __future__ import annotations
 
 import json
+import uuid
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Q
 from django.utils.html import format_html
 
 from billing.admin import IdSearchMixin, ViewOnlyAdmin, usd
 from billing.keys import KEY_START, PREFIX_LENGTH
-from usage.models import StoredImage, UsageRecord
+from usage import exports
+from usage.models import StoredImage, UsageExport, UsageRecord
 
 
 def w3c_trace_id(term: str) -> str | None:
@@ -153,3 +155,72 @@ class StoredImageAdmin(IdSearchMixin, ViewOnlyAdmin):
     ordering = ["-created_at", "-id"]
     show_full_result_count = False
     fields = ["request_id", "account", "content_type", "size_bytes", "storage_name", "created_at", "expires_at"]
+
+
+@admin.register(UsageExport)
+class UsageExportAdmin(ViewOnlyAdmin):
+    """Customers' usage exports (usage/exports.py): read-only, with a retry action for failed or
+    expired ones (the service queues the job again). The file itself is for the account's members
+    (the API's download), not served here."""
+
+    list_display = ["created_at", "id", "account", "format", "status", "rows_done", "attempts", "expires_at"]
+    list_filter = ["status", "format"]
+    list_select_related = ["account"]
+    search_fields = ["account__name"]
+    search_help_text = "export id or account name."
+    date_hierarchy = "created_at"
+    ordering = ["-created_at", "-id"]
+    show_full_result_count = False
+    actions = ["retry_exports"]
+    fields = [
+        "id",
+        "account",
+        "created_by",
+        "format",
+        "filters",
+        "status",
+        "error",
+        "rows_total",
+        "rows_done",
+        "attempts",
+        "lost_runs",
+        "file_name",
+        "size_bytes",
+        "created_at",
+        "started_at",
+        "heartbeat_at",
+        "finished_at",
+        "expires_at",
+    ]
+
+    def get_search_results(self, request, queryset, search_term):
+        try:  # an export id: one primary-key lookup
+            return queryset.filter(id=uuid.UUID(search_term.strip())), False
+        except ValueError:
+            return super().get_search_results(request, queryset, search_term)
+
+    def has_retry_permission(self, request) -> bool:
+        # Not the form's change permission (nothing here is edited), but the same right: it changes
+        # the export's state and queues a job.
+        return request.user.has_perm("usage.change_usageexport")
+
+    @admin.action(description="Retry selected exports (failed or expired)", permissions=["retry"])
+    def retry_exports(self, request, queryset):
+        retried, refused = 0, 0
+        for export in queryset:
+            try:
+                exports.export_retry(export=export)
+            except (exports.ExportConflict, exports.TooManyExports):
+                refused += 1
+            else:
+                retried += 1
+                self.log_change(request, export, "Retried.")
+        if retried:
+            self.message_user(request, f"{retried} export(s) queued again.", messages.SUCCESS)
+        if refused:
+            self.message_user(
+                request,
+                f"{refused} export(s) not retried: only failed or expired ones can be, at most "
+                f"{exports.MAX_ACTIVE} per account at once.",
+                messages.WARNING,
+            )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
+from django.utils import timezone
 
 from billing.models import MoneyField
 
@@ -248,3 +252,69 @@ class UsageHourDirty(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H}:00"
+
+
+# --- usage exports (usage/exports.py) ---
+
+
+class UsageExport(models.Model):
+    """One customer's export of their usage rows to an XLSX or CSV file, built by a Celery job.
+
+    `filters` are the usage page's filters (usage/api/filters.py), as the job applies them: the
+    time range's end is frozen when the export is created, so a retry writes the same rows. The
+    file is `exports/<account>/<id>.<format>` in the `openbili_exports` storage — one name per
+    export, so a retried or duplicated run replaces the file instead of adding one."""
+
+    class Format(models.TextChoices):
+        CSV = "csv", "CSV"
+        XLSX = "xlsx", "XLSX"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        EXPIRED = "expired", "Expired"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    account = models.ForeignKey(
+        "billing.Account", on_delete=models.PROTECT, related_name="usage_exports", db_index=False
+    )  # usage_export_account_time
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    format = models.CharField(max_length=8, choices=Format.choices)
+    filters = models.JSONField(default=dict, blank=True, help_text="The usage page's filters, as applied.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    rows_total = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Rows the filters matched when the run started (for progress)."
+    )
+    rows_done = models.PositiveBigIntegerField(default=0, help_text="Rows written so far by the current run.")
+    file_name = models.CharField(max_length=255, blank=True, help_text="Name in the openbili_exports storage.")
+    size_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True, help_text="Why the last run failed; no secrets.")
+    attempts = models.PositiveIntegerField(default=0, help_text="Runs started (retries and redeliveries included).")
+    lost_runs = models.PositiveSmallIntegerField(
+        default=0, help_text="Runs in a row that stopped without finishing (a killed worker); reset by a retry."
+    )
+    run_token = models.UUIDField(null=True, blank=True, editable=False, help_text="The run that holds the job.")
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="The current run's last progress.")
+    finished_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="When the file is deleted.")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["account", "-created_at"], name="usage_export_account_time"),
+            models.Index(fields=["expires_at"], name="usage_export_expiry", condition=Q(status="done")),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(status="done") | (~Q(file_name="") & Q(expires_at__isnull=False)),
+                name="usage_export_done_has_file",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.format} {self.status}"

@@ -1,10 +1,22 @@
-"""Periodic jobs (Celery beat schedule in settings.CELERY_BEAT_SCHEDULE)."""
+"""Periodic jobs (Celery beat schedule in settings.CELERY_BEAT_SCHEDULE) and usage exports."""
+
+import logging
+from uuid import UUID
 
 import psycopg
 from celery import shared_task
-from django.db import OperationalError
+from django.db import InterfaceError, OperationalError
 
-from usage import images, rollup, services
+from usage import exports, images, rollup, services
+
+log = logging.getLogger("openbili.exports")
+
+# An export's soft time limit (SoftTimeLimitExceeded: the export fails, saying so) and hard one (the
+# worker process is killed; the run lock goes with it). Both under the broker's visibility timeout,
+# so a slow export is never handed to a second worker while the first still runs it.
+EXPORT_SOFT_TIME_LIMIT = 30 * 60
+EXPORT_TIME_LIMIT = EXPORT_SOFT_TIME_LIMIT + 60
+DATABASE_DOWN = (OperationalError, InterfaceError, psycopg.OperationalError)
 
 
 @shared_task(bind=True, acks_late=True, max_retries=3)
@@ -40,4 +52,43 @@ def usage_rollup(self) -> int:
     try:
         return rollup.usage_rollup()
     except (OperationalError, psycopg.OperationalError) as exc:  # transient database trouble: try again soon
+        raise self.retry(exc=exc, countdown=30) from exc
+
+
+@shared_task(
+    bind=True,
+    name="usage.tasks.export_run",
+    acks_late=True,
+    max_retries=5,
+    soft_time_limit=EXPORT_SOFT_TIME_LIMIT,
+    time_limit=EXPORT_TIME_LIMIT,
+)
+def export_run(self, export_id: str) -> str:
+    """Build one usage export's file (usage.exports.export_run: status-guarded, one run at a time).
+    Returns the export's status."""
+    try:
+        return exports.export_run(UUID(export_id)).status
+    except exports.ExportBusy:
+        # A duplicate of a task another worker is running: that run finishes the job, or its own
+        # message (acks_late) is delivered again if it dies. Nothing to do here.
+        log.info("export %s: already being built elsewhere; duplicate task dropped", export_id)
+        return "busy"
+    except DATABASE_DOWN as exc:  # transient: try again with backoff, then give up saying why
+        if self.request.is_eager or self.request.retries >= self.max_retries:
+            try:
+                exports.export_fail(
+                    UUID(export_id), reason="The database was unavailable while building the export. Retry it."
+                )
+            except DATABASE_DOWN:
+                log.warning("export %s: could not be marked failed", export_id)
+            raise
+        raise self.retry(exc=exc, countdown=min(5 * 2**self.request.retries, 300)) from exc
+
+
+@shared_task(bind=True, name="usage.tasks.exports_expire", acks_late=True, max_retries=3)
+def exports_expire(self) -> int:
+    """Expire done exports past their time and delete their files; idempotent, concurrent-safe."""
+    try:
+        return exports.exports_expire()
+    except DATABASE_DOWN as exc:  # transient database trouble: try again soon
         raise self.retry(exc=exc, countdown=30) from exc

@@ -45,7 +45,8 @@ from tests.factories import (
 )
 from tickets.models import Ticket
 from tickets.services import ticket_open
-from usage.models import StoredImage, UsageRecord
+from usage import exports
+from usage.models import StoredImage, UsageExport, UsageRecord
 
 SECRET_RE = re.compile(r"sk-ob-[A-Za-z0-9_-]{43}")
 _seq = itertools.count(1)
@@ -160,6 +161,9 @@ BUILDERS = {
     Group: lambda: Group.objects.create(name=f"group {next(_seq)}"),
     Ticket: build_ticket,
     Invoice: build_invoice,
+    UsageExport: lambda: exports.export_create(
+        account=AccountFactory(), user=None, format="xlsx", filters={"model": "gpt-5"}
+    ),
 }
 BUILDERS[UserFactory._meta.model] = UserFactory
 # django-axes' records of failed logins (its own admin pages: operators unlock from there)

@@ -1,3 +1,3 @@
-from usage.api import rows, summary
+from usage.api import exports, rows, summary
 
-urlpatterns = [*rows.urlpatterns, *summary.urlpatterns]
+urlpatterns = [*rows.urlpatterns, *summary.urlpatterns, *exports.urlpatterns]
