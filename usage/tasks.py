@@ -19,40 +19,58 @@ EXPORT_TIME_LIMIT = EXPORT_SOFT_TIME_LIMIT + 60
 DATABASE_DOWN = (OperationalError, InterfaceError, psycopg.OperationalError)
 
 
-@shared_task(bind=True, acks_late=True, max_retries=3)
+# The periodic jobs: each a thin wrapper over its service, idempotent (a run repeated or run twice
+# at once changes nothing more), acks_late, retried with backoff on transient database trouble
+# (the next beat tick runs it anyway), and time-limited well under the schedule's next run.
+PERIODIC = {"bind": True, "acks_late": True, "max_retries": 3, "soft_time_limit": 240, "time_limit": 300}
+
+
+def _backoff(task, base: int) -> int:
+    return base * 2**task.request.retries
+
+
+@shared_task(**PERIODIC)
 def requests_sweep(self) -> int:
     try:
         return services.requests_sweep()
-    except (OperationalError, psycopg.OperationalError) as exc:  # transient database trouble: try again soon
-        raise self.retry(exc=exc, countdown=10) from exc
+    except DATABASE_DOWN as exc:
+        raise self.retry(exc=exc, countdown=_backoff(self, 5)) from exc
 
 
-@shared_task(acks_late=True)
-def routes_probe() -> int:
-    return sum(ok for _, ok in services.routes_probe())
+@shared_task(**PERIODIC)
+def routes_probe(self) -> int:
+    """Probe every active route (network calls; no transaction is open across them)."""
+    try:
+        return sum(ok for _, ok in services.routes_probe())
+    except DATABASE_DOWN as exc:
+        raise self.retry(exc=exc, countdown=_backoff(self, 15)) from exc
 
 
-@shared_task(bind=True, acks_late=True, max_retries=3)
+@shared_task(**PERIODIC)
 def images_expire(self) -> int:
     """Delete expired stored images (files, then rows); idempotent, any number may run at once."""
     try:
         return images.expire_images()
-    except (OperationalError, psycopg.OperationalError) as exc:  # transient database trouble: try again soon
-        raise self.retry(exc=exc, countdown=30) from exc
+    except DATABASE_DOWN as exc:
+        raise self.retry(exc=exc, countdown=_backoff(self, 15)) from exc
 
 
-@shared_task(acks_late=True)
-def responses_poll() -> int:
-    return services.responses_poll()
+@shared_task(**PERIODIC)
+def responses_poll(self) -> int:
+    """Bill the background responses that finished (upstream calls outside any transaction)."""
+    try:
+        return services.responses_poll()
+    except DATABASE_DOWN as exc:
+        raise self.retry(exc=exc, countdown=_backoff(self, 5)) from exc
 
 
-@shared_task(bind=True, acks_late=True, max_retries=3)
+@shared_task(**PERIODIC)
 def usage_rollup(self) -> int:
     """Roll up closed hours of usage for the summaries; idempotent, one run at a time (a lock)."""
     try:
         return rollup.usage_rollup()
-    except (OperationalError, psycopg.OperationalError) as exc:  # transient database trouble: try again soon
-        raise self.retry(exc=exc, countdown=30) from exc
+    except DATABASE_DOWN as exc:
+        raise self.retry(exc=exc, countdown=_backoff(self, 15)) from exc
 
 
 @shared_task(
@@ -85,10 +103,10 @@ def export_run(self, export_id: str) -> str:
         raise self.retry(exc=exc, countdown=min(5 * 2**self.request.retries, 300)) from exc
 
 
-@shared_task(bind=True, name="usage.tasks.exports_expire", acks_late=True, max_retries=3)
+@shared_task(name="usage.tasks.exports_expire", **PERIODIC)
 def exports_expire(self) -> int:
     """Expire done exports past their time and delete their files; idempotent, concurrent-safe."""
     try:
         return exports.exports_expire()
-    except DATABASE_DOWN as exc:  # transient database trouble: try again soon
-        raise self.retry(exc=exc, countdown=30) from exc
+    except DATABASE_DOWN as exc:
+        raise self.retry(exc=exc, countdown=_backoff(self, 15)) from exc
