@@ -692,7 +692,30 @@ def exports_expire(now: datetime | None = None) -> int:
         last = candidates[-1]
     if expired or deleted:
         log.info("exports: %d expired, %d file(s) deleted", expired, deleted)
+    exports_resend_stale(now)
     return deleted
+
+
+STALE_QUEUED = timedelta(minutes=30)
+
+
+def exports_resend_stale(now: datetime | None = None) -> int:
+    """Send the job of every export still queued long after its creation again: a broker that lost
+    the message (a Redis restart without persistence) would otherwise leave it queued for good. A
+    job that was only slow is harmless to send twice: a run is status-guarded and one at a time."""
+    now = now or timezone.now()
+    stale = list(
+        UsageExport.objects.filter(status=UsageExport.Status.QUEUED, created_at__lt=now - STALE_QUEUED)
+        .order_by("created_at")
+        .values_list("pk", flat=True)[:EXPIRE_BATCH]
+    )
+    from usage import tasks  # tasks wrap this module
+
+    for export_id in stale:
+        tasks.export_run.delay(str(export_id))
+    if stale:
+        log.warning("exports: %d queued for over %s sent again", len(stale), STALE_QUEUED)
+    return len(stale)
 
 
 @dataclass
