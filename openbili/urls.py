@@ -4,6 +4,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from openbili.api.errors import not_found
 
+handler400 = "openbili.api.errors.bad_request"
+
 admin.site.site_header = "Openbili operations"
 admin.site.site_title = "Openbili admin"
 

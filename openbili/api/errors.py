@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from django.http import Http404, HttpResponse, JsonResponse
 from django.views import csrf as csrf_views
+from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -85,6 +86,15 @@ def exception_handler(exc, context):
 def not_found(request, exception=None) -> JsonResponse:
     """An unknown URL under /api/, in the API's error body."""
     return JsonResponse(body("not_found", "Unknown URL."), status=404)
+
+
+def bad_request(request, exception=None) -> HttpResponse:
+    """handler400: what Django answers for a request it refuses before any view (a Host header that
+    is not a host name, a suspicious operation) — in the API's error body under /api/, Django's page
+    elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(body("invalid_request", "Bad request."), status=400)
+    return defaults.bad_request(request, exception)
 
 
 def csrf_failure(request, reason: str = "") -> HttpResponse:

@@ -137,6 +137,9 @@ def test_unknown_parameters_and_urls_are_errors_in_the_one_body(alice):
     assert_error(alice.client.put("/api/v1/me", {}), 405, "method_not_allowed")
     bad_json = alice.client.post("/api/v1/me/tokens", "{", content_type="application/json")
     assert_error(bad_json, 400, "invalid_json")
+    # a Host header that is no host name (Django refuses it before any view; the paginated list
+    # builds absolute links from it): the API's body, not Django's HTML page
+    assert_error(alice.client.get("/api/v1/me/tokens", HTTP_HOST="vzuw!})+"), 400, "invalid_request")
 
 
 @pytest.mark.django_db
