@@ -23,6 +23,16 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+def private_storage(name: str, directory: Path) -> tuple[str, dict]:
+    """OPENBILI_<name>_STORAGE_BACKEND and _OPTIONS (a JSON object): any Django storage; the
+    default keeps files on local disk in `directory`, readable by this user only."""
+    backend = os.environ.get(f"OPENBILI_{name}_STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage")
+    options = json.loads(os.environ.get(f"OPENBILI_{name}_STORAGE_OPTIONS") or "{}")
+    if backend == "django.core.files.storage.FileSystemStorage":
+        options = {"location": directory, "file_permissions_mode": 0o600, "directory_permissions_mode": 0o700} | options
+    return backend, options
+
+
 def _embedded_database_url() -> str:
     # Written by `scripts/run` (openbili.launch) once the embedded PostgreSQL server is up.
     marker = VAR_DIR / "embedded.url"
@@ -270,33 +280,12 @@ DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Openbili <noreply@loc
 # S3 (`pip install openbili[s3]`): OPENBILI_IMAGE_STORAGE_BACKEND=storages.backends.s3.S3Storage
 # and OPENBILI_IMAGE_STORAGE_OPTIONS='{"bucket_name": "…", "querystring_auth": true}'. A backend
 # without a local path() is answered with a 302 to its url(), signed for at most the time left.
-OPENBILI_IMAGE_STORAGE_BACKEND = os.environ.get(
-    "OPENBILI_IMAGE_STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage"
-)
-# The backend's OPTIONS as a JSON object; for the default, the directory and private file modes.
-OPENBILI_IMAGE_STORAGE_OPTIONS = json.loads(os.environ.get("OPENBILI_IMAGE_STORAGE_OPTIONS") or "{}")
-if OPENBILI_IMAGE_STORAGE_BACKEND == "django.core.files.storage.FileSystemStorage":
-    OPENBILI_IMAGE_STORAGE_OPTIONS = {
-        "location": VAR_DIR / "images",
-        "file_permissions_mode": 0o600,
-        "directory_permissions_mode": 0o700,
-        **OPENBILI_IMAGE_STORAGE_OPTIONS,
-    }
+OPENBILI_IMAGE_STORAGE_BACKEND, OPENBILI_IMAGE_STORAGE_OPTIONS = private_storage("IMAGE", VAR_DIR / "images")
 STORAGES["openbili_images"] = {"BACKEND": OPENBILI_IMAGE_STORAGE_BACKEND, "OPTIONS": OPENBILI_IMAGE_STORAGE_OPTIONS}
 # Usage exports (usage/exports.py): files in the storage alias "openbili_exports" (local disk under
 # var/exports by default; any Django storage, as for images), downloadable by the account's members
 # until they expire; then `exports_expire` (beat, hourly) deletes the file.
-OPENBILI_EXPORT_STORAGE_BACKEND = os.environ.get(
-    "OPENBILI_EXPORT_STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage"
-)
-OPENBILI_EXPORT_STORAGE_OPTIONS = json.loads(os.environ.get("OPENBILI_EXPORT_STORAGE_OPTIONS") or "{}")
-if OPENBILI_EXPORT_STORAGE_BACKEND == "django.core.files.storage.FileSystemStorage":
-    OPENBILI_EXPORT_STORAGE_OPTIONS = {
-        "location": VAR_DIR / "exports",
-        "file_permissions_mode": 0o600,
-        "directory_permissions_mode": 0o700,
-        **OPENBILI_EXPORT_STORAGE_OPTIONS,
-    }
+OPENBILI_EXPORT_STORAGE_BACKEND, OPENBILI_EXPORT_STORAGE_OPTIONS = private_storage("EXPORT", VAR_DIR / "exports")
 STORAGES["openbili_exports"] = {"BACKEND": OPENBILI_EXPORT_STORAGE_BACKEND, "OPTIONS": OPENBILI_EXPORT_STORAGE_OPTIONS}
 OPENBILI_EXPORT_TTL_SECONDS = int(os.environ.get("OPENBILI_EXPORT_TTL_SECONDS", str(7 * 86400)))
 # How long an image URL works; the sweeper (`manage.py images_expire`, every 10 minutes) then

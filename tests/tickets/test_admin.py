@@ -4,8 +4,7 @@ through the ledger. Everything the customer wrote is escaped; no key, hash or up
 
 from __future__ import annotations
 
-import itertools
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -16,6 +15,7 @@ from django.urls import reverse
 from billing import selectors as billing_selectors
 from billing import services as billing_services
 from billing.models import Account, LedgerEntry, Route
+from tests.api.test_usage import T0, make_row
 from tests.factories import AccountFactory, CatalogModelFactory, RouteFactory, UserFactory
 from tickets import services
 from tickets.admin import INTERNAL_LABEL, age
@@ -27,31 +27,6 @@ UPSTREAM_URL = "https://upstream-private.example.net/v1"
 UPSTREAM_SECRET = "sk-upstream-DO-NOT-SHOW-4f9a"
 SCRIPT = "<script>alert(1)</script>"
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
-T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-_numbers = itertools.count(1)
-
-
-def make_row(account, *, key=None, **fields) -> UsageRecord:
-    """A finished usage row as the gateway writes it (no money moves: the row alone)."""
-    n = next(_numbers)
-    started = T0 - timedelta(minutes=n)
-    values = {
-        "request_id": f"req_{n:032x}",
-        "trace_id": f"trace_{n:032x}",
-        "account": account,
-        "api_key": key,
-        "key_prefix": key.prefix if key else "",
-        "endpoint": "/v1/chat/completions",
-        "model_requested": "gpt-5",
-        "provider": "openai",
-        "upstream_model": "gpt-5",
-        "status": 200,
-        "billing_result": UsageRecord.BillingResult.BILLED,
-        "started_at": started,
-        "first_byte_at": started + timedelta(milliseconds=250),
-        "finished_at": started + timedelta(milliseconds=1500),
-    }
-    return UsageRecord.objects.create(**(values | fields))
 
 
 def url(action: str, *args) -> str:
