@@ -423,6 +423,8 @@ class TicketAdmin(IdSearchMixin, admin.ModelAdmin):
                 resolution=data.get("resolution", ticket.resolution),
                 close=status == Ticket.Status.CLOSED,
             )
+        elif "status" in changed:
+            services.ticket_reopen(ticket=ticket, status=status)
         obj.refresh_from_db()
 
     # -- the actions and the custom views ---------------------------------------------------------

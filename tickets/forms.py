@@ -11,19 +11,9 @@ from tickets.models import TEXT_MAX, Ticket, TicketMessage
 
 REFUND_REASON_MAX = 2000
 
-# Where an operator may move a ticket from the change page. Only resolving and closing have a
-# service (ticket_resolve); a ticket goes back to "open" or "waiting on the customer" through a reply
-# (ticket_reply), and a closed ticket stays closed.
-STATUS_MOVES: dict[str, tuple[str, ...]] = {
-    Ticket.Status.OPEN: (Ticket.Status.OPEN, Ticket.Status.RESOLVED, Ticket.Status.CLOSED),
-    Ticket.Status.WAITING_ON_CUSTOMER: (
-        Ticket.Status.WAITING_ON_CUSTOMER,
-        Ticket.Status.RESOLVED,
-        Ticket.Status.CLOSED,
-    ),
-    Ticket.Status.RESOLVED: (Ticket.Status.RESOLVED, Ticket.Status.CLOSED),
-    Ticket.Status.CLOSED: (Ticket.Status.CLOSED,),
-}
+# An operator may move a ticket anywhere from the change page: resolving and closing go through
+# ticket_resolve, back to open or waiting on the customer through ticket_reopen; replies move the
+# status too (ticket_reply).
 DONE = (Ticket.Status.RESOLVED, Ticket.Status.CLOSED)
 
 
@@ -36,13 +26,10 @@ class TicketChangeForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        current = self.instance.status if self.instance.pk else Ticket.Status.OPEN
-        labels = dict(Ticket.Status.choices)
         if "status" in self.fields:
-            self.fields["status"].choices = [(value, labels[value]) for value in STATUS_MOVES[current]]
             self.fields["status"].help_text = (
-                "Resolve or close here. A support reply sets 'waiting on the customer'; a customer reply "
-                "reopens a resolved ticket. A closed ticket stays closed."
+                "Resolve, close or reopen here. A support reply sets 'waiting on the customer'; a customer "
+                "reply reopens a resolved ticket (a closed one takes no customer reply)."
             )
         if "assigned_to" in self.fields:
             field = self.fields["assigned_to"]

@@ -107,6 +107,19 @@ def ticket_resolve(*, ticket: Ticket, resolution: str, close: bool = False) -> T
     return ticket
 
 
+@transaction.atomic
+def ticket_reopen(*, ticket: Ticket, status: str = Ticket.Status.OPEN) -> Ticket:
+    """Support moves a ticket back to open (or to waiting on the customer) by hand: a resolution
+    given too soon, a closed ticket with news. The resolution text stays, for the record."""
+    if status not in (Ticket.Status.OPEN, Ticket.Status.WAITING_ON_CUSTOMER):
+        raise InvalidRequest("A ticket is reopened as open or waiting on the customer.", param="status")
+    ticket = _locked(ticket)
+    ticket.status = status
+    ticket.resolved_at = None
+    ticket.save(update_fields=["status", "resolved_at", "updated_at"])
+    return ticket
+
+
 def refunded(ticket: Ticket) -> Decimal:
     total = LedgerEntry.objects.filter(ticket=ticket, kind=LedgerEntry.Kind.REFUND).aggregate(s=Sum("amount"))["s"]
     return total or Decimal(0)

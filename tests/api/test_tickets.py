@@ -334,6 +334,12 @@ def test_the_conversation_hides_internal_notes_and_replies_move_the_status(
     closed = alice.client.post(f"{TICKETS}/{ticket_id}/replies", {"body": "?"}, format="json")
     assert_error(closed, 409, "conflict")
     assert TicketMessage.objects.filter(ticket=ticket).count() == 4
+    # support reopens it by hand; the customer sees it open again, and may reply
+    services.ticket_reopen(ticket=ticket)
+    assert alice.client.get(f"{TICKETS}/{ticket_id}").json()["status"] == "open"
+    assert alice.client.post(f"{TICKETS}/{ticket_id}/replies", {"body": "thanks"}, format="json").status_code == 201
+    with pytest.raises(services.InvalidRequest):
+        services.ticket_reopen(ticket=ticket, status="closed")
 
 
 @pytest.mark.django_db
