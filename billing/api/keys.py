@@ -22,7 +22,7 @@ from django.urls import path
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
-from rest_framework import exceptions, generics, status
+from rest_framework import generics, status
 from rest_framework.response import Response
 
 from billing import services
@@ -36,10 +36,9 @@ from billing.api.keys_serializers import (
     KeyWriteSerializer,
 )
 from billing.models import Account, ApiKey, KeyAudit
-from openbili.api.errors import Conflict
+from openbili.api.errors import service_call
 from openbili.api.params import check_known
 from openbili.api.tenancy import AccountScoped
-from openbili.core.errors import OpenbiliError
 from usage.models import UsageRecord
 
 CONFLICT = OpenApiResponse(KeyConflictSerializer, description="The key was rotated or deleted meanwhile.")
@@ -55,17 +54,6 @@ def keys_of(account: Account) -> QuerySet[ApiKey]:
         .select_related("created_by")
         .annotate(last_used=Greatest("last_used_at", Subquery(newest_use)))  # PostgreSQL: NULLs ignored
     )
-
-
-def _service(call):
-    """A key service's domain error as the API's: a conflict with the key's state is a 409, a bad
-    value a 400 naming its field."""
-    try:
-        return call()
-    except OpenbiliError as exc:
-        if exc.status == status.HTTP_409_CONFLICT:
-            raise Conflict(exc.message) from exc
-        raise exceptions.ValidationError({exc.param or "non_field_errors": [exc.message]}) from exc
 
 
 @extend_schema_field(OpenApiTypes.INT)
@@ -141,7 +129,7 @@ class KeyListView(KeyScoped, generics.ListAPIView):
         form = KeyWriteSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         data = form.validated_data
-        key, secret = _service(
+        key, secret = service_call(
             lambda: services.key_create(
                 account=self.account,
                 name=data["name"],
@@ -177,7 +165,7 @@ class KeyView(KeyScoped, generics.RetrieveAPIView):
         key = self.get_object()
         form = KeyUpdateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        _service(lambda: services.key_update(key=key, actor=request.user, **form.validated_data))
+        service_call(lambda: services.key_update(key=key, actor=request.user, **form.validated_data))
         return self.answer(key)
 
     @extend_schema(request=None, responses={204: None})
@@ -200,7 +188,7 @@ class KeyRotateView(KeyScoped, generics.GenericAPIView):
         answer only; the old key is disabled and refused by the gateway from now on."""
         check_known(request, set())
         key = self.get_object()
-        new_key, secret = _service(lambda: services.key_rotate(key=key, actor=request.user))
+        new_key, secret = service_call(lambda: services.key_rotate(key=key, actor=request.user))
         return self.answer(new_key, secret=secret, http_status=status.HTTP_201_CREATED)
 
 

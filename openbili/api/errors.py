@@ -16,6 +16,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from openbili.core.errors import OpenbiliError
+
 CODES = {
     exceptions.ParseError: "invalid_json",
     exceptions.ValidationError: "invalid_request",
@@ -102,6 +104,22 @@ def csrf_failure(request, reason: str = "") -> HttpResponse:
     if request.path.startswith("/api/"):
         return JsonResponse(body("permission_denied", f"CSRF failed: {reason}"), status=403)
     return csrf_views.csrf_failure(request, reason=reason)
+
+
+def api_error(exc: OpenbiliError) -> exceptions.APIException:
+    """A service's domain error as the API's: a conflict with the object's state is a 409, anything
+    else a 400 naming its field (the error's param)."""
+    if exc.status == status.HTTP_409_CONFLICT:
+        return Conflict(exc.message)
+    return exceptions.ValidationError({exc.param or "non_field_errors": [exc.message]})
+
+
+def service_call(call):
+    """Run a service call, its domain error raised as the API's (api_error)."""
+    try:
+        return call()
+    except OpenbiliError as exc:
+        raise api_error(exc) from exc
 
 
 def error_response(code: str, message: str, http_status: int, fields: dict | None = None) -> Response:

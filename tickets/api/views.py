@@ -25,10 +25,9 @@ from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
 
 from billing.models import LedgerEntry, Membership
-from openbili.api.errors import Conflict
+from openbili.api.errors import service_call
 from openbili.api.params import UtcDateTimeFilter, check_known
 from openbili.api.tenancy import membership
-from openbili.core.errors import OpenbiliError
 from tickets import services
 from tickets.api.serializers import (
     BundleSerializer,
@@ -51,15 +50,6 @@ class TicketCreateThrottle(SimpleRateThrottle):
 
     def get_cache_key(self, request, view):
         return f"throttle_ticket_create_{view.ticket_account_id}"
-
-
-def _service(call):
-    try:
-        return call()
-    except OpenbiliError as exc:
-        if exc.status == status.HTTP_409_CONFLICT:
-            raise Conflict(exc.message) from exc
-        raise exceptions.ValidationError({exc.param or "non_field_errors": [exc.message]}) from exc
 
 
 def usage_row(request, request_id: str) -> tuple[Membership, UsageRecord]:
@@ -143,7 +133,7 @@ class TicketListView(generics.ListCreateAPIView):
             throttle = TicketCreateThrottle()
             if not throttle.allow_request(request, self):
                 self.throttled(request, throttle.wait())
-            ticket, created = _service(
+            ticket, created = service_call(
                 lambda: services.ticket_open(
                     account=member.account,
                     row=row,
@@ -190,7 +180,7 @@ class TicketReplyView(APIView):
             raise exceptions.NotFound("No such ticket in your accounts.")
         form = TicketReplyInputSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        message = _service(
+        message = service_call(
             lambda: services.ticket_reply(
                 ticket=ticket, author=request.user, body=form.validated_data["body"], kind=TicketMessage.Kind.CUSTOMER
             )

@@ -25,7 +25,7 @@ from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
-from openbili.api.errors import Conflict
+from openbili.api.errors import Conflict, api_error
 from openbili.api.pagination import Cursor
 from openbili.api.params import check_known
 from openbili.api.tenancy import AccountScoped
@@ -159,7 +159,7 @@ class ExportNotRetryableError(Conflict):
 
 
 def _service(call):
-    """A service's domain error as the API's."""
+    """A service's domain error as the API's: the exports' own codes, else the API's one mapping."""
     try:
         return call()
     except exports.InvalidExport as exc:
@@ -173,7 +173,7 @@ def _service(call):
     except exports.ExportConflict as exc:
         raise ExportNotRetryableError(exc.message) from exc
     except OpenbiliError as exc:
-        raise exceptions.ValidationError({exc.param or "non_field_errors": [exc.message]}) from exc
+        raise api_error(exc) from exc
 
 
 def _filter_text(value) -> str:
