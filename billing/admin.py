@@ -978,14 +978,9 @@ class InvoiceAdmin(ViewOnlyAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         invoice = Invoice.objects.select_related("account").filter(pk=invoice_id).first()
-        if invoice is None or kind not in ("xlsx", "csv"):
+        if invoice is None or kind not in invoice_files.FILES:
             raise Http404
-        body = invoice_files.as_xlsx(invoice) if kind == "xlsx" else invoice_files.as_csv(invoice)
-        content_type = (
-            "text/csv; charset=utf-8"
-            if kind == "csv"
-            else "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-        )
-        response = HttpResponse(body, content_type=content_type)
+        content_type, render = invoice_files.FILES[kind]
+        response = HttpResponse(render(invoice), content_type=content_type)
         response["Content-Disposition"] = f'attachment; filename="{invoice.number}.{kind}"'
         return response

@@ -86,3 +86,10 @@ def as_xlsx(invoice: Invoice) -> bytes:
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()
+
+
+# The renderings by name: (content type, renderer). One table for the API and the admin.
+FILES = {
+    "xlsx": ("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", as_xlsx),
+    "csv": ("text/csv; charset=utf-8", as_csv),
+}

@@ -18,10 +18,7 @@ from openbili.api.pagination import Cursor
 from openbili.api.params import check_known
 from openbili.api.tenancy import AccountScoped
 
-FORMATS = {
-    "xlsx": ("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", invoice_files.as_xlsx),
-    "csv": ("text/csv; charset=utf-8", invoice_files.as_csv),
-}
+FORMATS = invoice_files.FILES
 
 
 class InvoiceCursor(Cursor):
