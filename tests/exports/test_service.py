@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 import tracemalloc
 from datetime import timedelta
 from decimal import Decimal
@@ -292,6 +293,22 @@ def other_session():
     )  # fmt: skip
 
 
+def wait_until_gone(backend_pid: int) -> None:
+    """A closed session's backend exits, and drops its advisory locks, a moment after the client
+    hangs up; wait for that exit (not for a fixed time) so the next step sees the lock free."""
+    deadline = time.monotonic() + 30
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = %s UNION ALL SELECT 1 FROM pg_locks WHERE pid = %s",
+                [backend_pid, backend_pid],
+            )
+            if cursor.fetchone() is None:
+                return
+            time.sleep(0.01)
+    raise AssertionError(f"backend {backend_pid} still alive after its session closed")
+
+
 def test_a_live_run_elsewhere_keeps_the_export_and_refuses_a_retry(dataset, export_dir):
     export = exports.export_create(account=dataset.owner.account, user=None, format="csv", filters={})
     UsageExport.objects.filter(pk=export.pk).update(status="running")
@@ -302,6 +319,8 @@ def test_a_live_run_elsewhere_keeps_the_export_and_refuses_a_retry(dataset, expo
         with pytest.raises(exports.ExportConflict):
             exports.export_retry(export=export)
         assert UsageExport.objects.get(pk=export.pk).attempts == 0
+        backend_pid = elsewhere.info.backend_pid
+    wait_until_gone(backend_pid)
     # that worker died: its lock went with its session, and a redelivered task finishes the job
     done = exports.export_run(export.pk)
     assert done.status == "done" and done.attempts == 1 and done.lost_runs == 0
