@@ -227,6 +227,7 @@ Openbili is running at {base}  (Ctrl-C stops it)
   OpenAI SDK:     OpenAI(api_key=os.environ["OPENBILI_API_KEY"], base_url="{base}/v1")
   Anthropic SDK:  Anthropic(api_key=os.environ["OPENBILI_API_KEY"], base_url="{base}")
   Claude Code:    ANTHROPIC_BASE_URL={base} ANTHROPIC_AUTH_TOKEN=$OPENBILI_API_KEY claude
+  Console:        {base}/console/  user {demo["console_user"]}, password {demo["console_password"]}
   Admin:          {base}/admin/  user {demo["admin_user"]}, password {demo["admin_password"]}
 """
 

@@ -94,6 +94,7 @@ INSTALLED_APPS = [
     "billing",
     "usage",
     "tickets",
+    "openbili.console",  # the customer console at /console/
     "axes",  # failed admin logins: lockout (after the project's apps, as its docs ask)
 ]
 
@@ -186,6 +187,9 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
+# The customer console speaks English and Simplified Chinese (openbili/console/locale); the
+# visitor picks one (a cookie) or the browser's Accept-Language does. The API stays English.
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

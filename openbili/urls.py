@@ -11,6 +11,7 @@ admin.site.site_title = "Openbili admin"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("console/", include("openbili.console.urls")),
     path("api/v1/", include("openbili.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

@@ -439,3 +439,13 @@ def test_demo_setup_makes_the_admin_login_the_demo_accounts_owner_once(tmp_path)
     memberships = list(admin.memberships.values_list("account__name", "role"))
     assert len(memberships) == 1 and memberships[0][1] == "owner"
     assert selectors.key_lookup(first["key"]).account.name == memberships[0][0]
+
+
+def test_demo_setup_makes_a_console_login_that_owns_the_demo_account_and_is_not_staff(tmp_path):
+    key_file = tmp_path / "demo-key"
+    first = json.loads(run("demo_setup", "--key-file", str(key_file))[0])
+    again = json.loads(run("demo_setup", "--key-file", str(key_file))[0])
+    assert (first["console_user"], first["console_password"]) == (again["console_user"], again["console_password"])
+    customer = get_user_model().objects.get(username=first["console_user"])
+    assert customer.check_password(first["console_password"]) and not customer.is_staff
+    assert list(customer.memberships.values_list("account__name", "role")) == [("Demo", "owner")]

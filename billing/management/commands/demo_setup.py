@@ -1,4 +1,5 @@
-"""Create (once) the demo account, its API key and an admin login for the local run command.
+"""Create (once) the demo account, its API key, a console login and an admin login for the local run
+command.
 
 Keys are stored hashed, so the demo secrets are kept in files under var/ (mode 0600) for the
 launcher to print again on the next run. Never use this in production.
@@ -55,4 +56,24 @@ class Command(BaseCommand):
         # The same login owns the demo account in the dashboard API (/api/v1/me lists it).
         Membership.objects.get_or_create(account=account, user=admin, defaults={"role": Membership.Role.OWNER})
         password = admin_path.read_text().strip() if admin_path.exists() else "(set by you)"
-        self.stdout.write(json.dumps({"key": secret, "admin_user": "admin", "admin_password": password}))
+
+        # A customer's login for the console (/console/): owner of the demo account, not staff.
+        console_path = key_path.with_name("demo-console-password")
+        customer = user_model.objects.filter(username="demo").first()
+        if customer is None:
+            console_password = secrets.token_urlsafe(12)
+            customer = user_model.objects.create_user("demo", "demo@localhost", console_password)
+            _write_secret(console_path, console_password)
+        Membership.objects.get_or_create(account=account, user=customer, defaults={"role": Membership.Role.OWNER})
+        console_password = console_path.read_text().strip() if console_path.exists() else "(set by you)"
+        self.stdout.write(
+            json.dumps(
+                {
+                    "key": secret,
+                    "admin_user": "admin",
+                    "admin_password": password,
+                    "console_user": "demo",
+                    "console_password": console_password,
+                }
+            )
+        )
