@@ -43,7 +43,7 @@ def site(db) -> Site:
     member = Caller("mark", role=Membership.Role.MEMBER, account=owner.account)
     other = Caller("oscar")
     model = make_visible_model(CatalogModelFactory(name="gpt-5"))
-    route = Route.objects.get(model=model)
+    route = services.route_secret_set(route=Route.objects.get(model=model), secret="sk-upstream-console-test-secret")
     snapshot = price_snapshot_current(model)
     key, secret = services.key_create(account=owner.account, name="production")
     other_key, other_secret = services.key_create(account=other.account, name="theirs")

@@ -9,6 +9,7 @@ import re
 import pytest
 from django.test import Client
 
+from billing import services
 from billing.models import ApiKey, KeyAudit, Route
 from tickets.models import Ticket
 from usage.models import UsageExport, UsageRecord
@@ -39,7 +40,8 @@ def never_shown(site) -> list[str]:
     keys = ApiKey.objects.all()
     secrets = [site.secret, site.other_secret]
     hashes = [key.key_hash for key in keys]
-    upstream = [Route.objects.get(pk=route.pk).secret for route in Route.objects.all() if hasattr(route, "secret")]
+    upstream = [services.route_secret(route) for route in Route.objects.all()]
+    assert "sk-upstream-console-test-secret" in upstream
     return [value for value in secrets + hashes + upstream if value]
 
 
@@ -58,6 +60,15 @@ def test_login_and_the_front_door(site):
     assert right.status_code == 302 and right["Location"] == "/console/"
     home = client.get("/console/")
     assert home.status_code == 302 and home["Location"] == f"/console/{site.owner.account.pk}/"
+
+
+def test_wrong_passwords_lock_the_login_out_as_the_apis_do(site, settings):
+    client = Client()
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        client.post("/console/login", {"username": "olivia", "password": "guess"})
+    locked = client.post("/console/login", {"username": "olivia", "password": "correct horse battery staple"})
+    assert locked.status_code == 429
+    assert "_auth_user_id" not in client.session
 
 
 def test_a_login_without_an_account_sees_why(db):
