@@ -66,6 +66,12 @@ class KeyForm(forms.Form):
             return data
         return check.validated_data | {"all_models": values["all_models"], "allowed_models": values["allowed_models"]}
 
+    def settings(self) -> dict:
+        """The cleaned values, named as billing.services.key_update takes them."""
+        data = self.cleaned_data
+        names = ("name", "all_models", "allowed_models", "rpm_limit", "tpm_limit", "expires_at")
+        return {name: data.get(name) for name in names}
+
     @classmethod
     def of_key(cls, key) -> KeyForm:
         return cls(

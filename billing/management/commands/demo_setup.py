@@ -28,6 +28,19 @@ def _write_secret(path: Path, value: str) -> None:
         handle.write(value + "\n")
 
 
+def _login(account: Account, username: str, password_path: Path, *, superuser: bool) -> str:
+    """The login `username` (made once, its password kept in password_path), an owner of account."""
+    user_model = get_user_model()
+    user = user_model.objects.filter(username=username).first()
+    if user is None:
+        password = secrets.token_urlsafe(12)
+        make = user_model.objects.create_superuser if superuser else user_model.objects.create_user
+        user = make(username, f"{username}@localhost", password)
+        _write_secret(password_path, password)
+    Membership.objects.get_or_create(account=account, user=user, defaults={"role": Membership.Role.OWNER})
+    return password_path.read_text().strip() if password_path.exists() else "(set by you)"
+
+
 class Command(BaseCommand):
     help = "Create the demo account, key and admin login (local run command only); print them as JSON."
 
@@ -46,26 +59,10 @@ class Command(BaseCommand):
             _, secret = services.key_create(account=account, name="demo")
             _write_secret(key_path, secret)
 
-        admin_path = key_path.with_name("demo-admin-password")
-        user_model = get_user_model()
-        admin = user_model.objects.filter(username="admin").first()
-        if admin is None:
-            password = secrets.token_urlsafe(12)
-            admin = user_model.objects.create_superuser("admin", "admin@localhost", password)
-            _write_secret(admin_path, password)
-        # The same login owns the demo account in the dashboard API (/api/v1/me lists it).
-        Membership.objects.get_or_create(account=account, user=admin, defaults={"role": Membership.Role.OWNER})
-        password = admin_path.read_text().strip() if admin_path.exists() else "(set by you)"
-
-        # A customer's login for the console (/console/): owner of the demo account, not staff.
-        console_path = key_path.with_name("demo-console-password")
-        customer = user_model.objects.filter(username="demo").first()
-        if customer is None:
-            console_password = secrets.token_urlsafe(12)
-            customer = user_model.objects.create_user("demo", "demo@localhost", console_password)
-            _write_secret(console_path, console_password)
-        Membership.objects.get_or_create(account=account, user=customer, defaults={"role": Membership.Role.OWNER})
-        console_password = console_path.read_text().strip() if console_path.exists() else "(set by you)"
+        # The admin login also owns the demo account in the dashboard API (/api/v1/me lists it); the
+        # console's login (/console/) is a customer's: owner of the demo account, not staff.
+        password = _login(account, "admin", key_path.with_name("demo-admin-password"), superuser=True)
+        console_password = _login(account, "demo", key_path.with_name("demo-console-password"), superuser=False)
         self.stdout.write(
             json.dumps(
                 {

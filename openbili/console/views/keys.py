@@ -63,18 +63,10 @@ def key_list(request: HttpRequest, member) -> HttpResponse:
         require_owner(member)
         form = KeyForm(request.POST)
         if form.is_valid():
-            data = form.cleaned_data
             try:
-                key, secret = services.key_create(
-                    account=member.account,
-                    name=data["name"],
-                    models=data["allowed_models"],
-                    all_models=data["all_models"],
-                    rpm_limit=data.get("rpm_limit"),
-                    tpm_limit=data.get("tpm_limit"),
-                    expires_at=data.get("expires_at"),
-                    actor=request.user,
-                )
+                values = form.settings()
+                models = values.pop("allowed_models")
+                key, secret = services.key_create(account=member.account, models=models, actor=request.user, **values)
             except OpenbiliError as exc:
                 form.add_error(None, exc.message)
             else:
@@ -102,16 +94,7 @@ def key_edit(request: HttpRequest, member, key_id: int) -> HttpResponse:
         if form.is_valid():
             data = form.cleaned_data
             try:
-                services.key_update(
-                    key=key,
-                    actor=request.user,
-                    name=data["name"],
-                    all_models=data["all_models"],
-                    allowed_models=data["allowed_models"],
-                    rpm_limit=data.get("rpm_limit"),
-                    tpm_limit=data.get("tpm_limit"),
-                    expires_at=data.get("expires_at"),
-                )
+                services.key_update(key=key, actor=request.user, **form.settings())
             except OpenbiliError as exc:
                 form.add_error(None, exc.message)
             else:
