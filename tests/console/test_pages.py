@@ -293,3 +293,17 @@ def test_amounts_are_shown_exactly_without_trailing_zeros():
         "0.00",
         "—",
     ]
+
+
+def test_a_new_account_sees_what_to_do_first(db):
+    from tests.api.conftest import Caller
+
+    newcomer = Caller("nadia")
+    client = Client()
+    client.force_login(newcomer.user)
+    base = f"/console/{newcomer.account.pk}"
+    overview = client.get(f"{base}/").content.decode()
+    assert 'data-testid="empty-state"' in overview and "Create an API key" in overview
+    for tail in ("keys", "models", "usage", "tickets"):
+        page = client.get(f"{base}/{tail}")
+        assert page.status_code == 200 and 'data-testid="empty-state"' in page.content.decode(), tail
