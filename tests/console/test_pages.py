@@ -237,6 +237,21 @@ def test_failed_rows_offer_a_ticket_and_a_second_click_shows_the_same_one(site):
     assert replied.status_code == 302 and "any news?" in client.get(made["Location"]).content.decode()
 
 
+def test_a_billed_success_can_be_questioned_from_its_detail_page(site):
+    client = site.browser(site.member)
+    account = site.owner.account.pk
+    billed = next(r for r in site.rows if not r.error_class and r.billing_result == UsageRecord.BillingResult.BILLED)
+    listed = client.get(f"/console/{account}/usage").content.decode()
+    assert f"/usage/{billed.request_id}/ticket" not in listed  # the list offers tickets on failures only
+    detail = client.get(f"/console/{account}/usage/{billed.request_id}").content.decode()
+    assert f"/console/{account}/usage/{billed.request_id}/ticket" in detail and "Question this charge" in detail
+    made = client.post(
+        f"/console/{account}/usage/{billed.request_id}/ticket", {"subject": "charge?", "description": "why"}
+    )
+    ticket = Ticket.objects.get(request_id=billed.request_id)
+    assert made.status_code == 302 and ticket.bundle["cost_usd"] == f"{billed.cost_usd:f}"
+
+
 def test_support_internal_notes_never_reach_the_customer(site):
     from tickets import services as ticket_services
     from tickets.models import TicketMessage
