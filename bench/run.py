@@ -100,6 +100,7 @@ class Service:
     def __init__(self, name: str, argv: list[str], *, env: dict[str, str], log: Path, cwd: Path = BASE) -> None:
         self.name = name
         self.log_path = log
+        self.argv, self.env = argv, env  # bench/ops_cost.py starts variants of a service from them
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(

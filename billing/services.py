@@ -27,6 +27,7 @@ from billing.models import (
     Route,
 )
 from openbili.core.errors import IdempotencyConflict, InsufficientBalance, InvalidRequest
+from openbili.ops import metrics
 
 # --- accounts and ledger -----------------------------------------------------------------------
 
@@ -471,6 +472,7 @@ def probe_record(
     latency_ms: int | None = None,
     error: str = "",
 ) -> Probe:
+    metrics.PROBES.labels(str(route.pk), route.provider, "ok" if ok else "failed").inc()
     return Probe.objects.create(
         route=route,
         ok=ok,

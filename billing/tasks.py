@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from billing import invoices, reconcile
 from billing.models import Account
+from openbili.ops import metrics
 
 log = logging.getLogger("openbili.billing")
 TRANSIENT = (OperationalError, psycopg.OperationalError)
@@ -50,4 +51,5 @@ def ledger_reconcile(self) -> int:
         raise self.retry(exc=exc, countdown=300) from exc
     for difference in differences:
         log.error("reconcile: %s", difference)
+    metrics.record_reconcile(len(differences))
     return len(differences)

@@ -1,7 +1,8 @@
 """ASGI entry point: `uvicorn openbili.asgi:application`.
 
-`/v1/*` goes to the lean gateway app (usage/gateway/app.py); everything else (admin, dashboard
-API) to Django. Lifespan events open and close the gateway's database pool and HTTP client.
+`/v1/*` goes to the lean gateway app (usage/gateway/app.py); `/healthz`, `/readyz` and `/metrics`
+to openbili/ops/health.py; everything else (admin, dashboard API, console) to Django. Lifespan
+events open and close the gateway's database pool and HTTP client.
 """
 
 import os
@@ -16,6 +17,7 @@ from openbili.core.checks import require_secret_key  # noqa: E402 - needs Django
 
 require_secret_key("to serve")
 
+from openbili.ops import health  # noqa: E402 - needs Django set up first
 from usage.gateway.app import gateway  # noqa: E402 - needs Django set up first
 
 
@@ -23,6 +25,8 @@ async def application(scope, receive, send):
     kind = scope["type"]
     if kind == "http" and (scope["path"] == "/v1" or scope["path"].startswith("/v1/")):
         await gateway(scope, receive, send)
+    elif kind == "http" and scope["path"] in health.PATHS:  # no key, no row, no rate limit
+        await health.handle(scope, receive, send, gateway.state)
     elif kind == "lifespan":
         await lifespan(receive, send)
     elif kind == "websocket":

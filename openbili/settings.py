@@ -4,9 +4,11 @@ import json
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("OPENBILI_VAR_DIR", BASE_DIR / "var"))
@@ -148,6 +150,17 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+# A read replica of it (streaming replication) for the dashboard's usage pages and summaries and
+# the export jobs' reads (usage/selectors.py: reads()); everything that writes, and every read a
+# write depends on, stays on the primary. Replication lag shows as rows appearing late there.
+OPENBILI_REPLICA_DATABASE_URL = os.environ.get("OPENBILI_REPLICA_DATABASE_URL", "")
+if OPENBILI_REPLICA_DATABASE_URL:
+    DATABASES["replica"] = dj_database_url.parse(
+        OPENBILI_REPLICA_DATABASE_URL,
+        conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", "0")),
+        conn_health_checks=True,
+    )
+OPENBILI_REPLICA_READS = bool(OPENBILI_REPLICA_DATABASE_URL)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
@@ -301,13 +314,36 @@ OPENBILI_IMAGE_MAX_BYTES = int(os.environ.get("OPENBILI_IMAGE_MAX_BYTES", str(50
 # proxy; empty: taken from each request (its Host header, and X-Forwarded-Proto with OPENBILI_HTTPS).
 OPENBILI_PUBLIC_BASE_URL = os.environ.get("OPENBILI_PUBLIC_BASE_URL", "").rstrip("/")
 
-LOGGING = {
+# Operations (openbili/ops/, docs/operations.md). Logs: one JSON object per line on stderr, the
+# gateway's one line per request among them (logger openbili.access); `text` for a terminal.
+OPENBILI_LOG_FORMAT = os.environ.get("OPENBILI_LOG_FORMAT", "json")
+if OPENBILI_LOG_FORMAT not in ("json", "text"):
+    raise ImproperlyConfigured(f"OPENBILI_LOG_FORMAT must be json or text, not {OPENBILI_LOG_FORMAT!r}")
+OPENBILI_ACCESS_LOG = env_bool("OPENBILI_ACCESS_LOG", True)
+# /metrics on the service's own port answers only this bearer token; unset, it does not exist there
+# (`manage.py metrics_serve` serves the metrics on a port of its own).
+OPENBILI_METRICS_TOKEN = os.environ.get("OPENBILI_METRICS_TOKEN", "")
+_LOG_HANDLER = {"handlers": ["console"], "propagate": False}
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "json": {"()": "openbili.ops.logs.JsonFormatter"},
+        "text": {"()": "openbili.ops.logs.TextFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": OPENBILI_LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {
+        # uvicorn's own lines (startup, errors) in the same format; its access log stays off
+        # (--no-access-log): the gateway's line per request says more.
+        "uvicorn": _LOG_HANDLER,
+        "uvicorn.error": _LOG_HANDLER,
+        "uvicorn.access": _LOG_HANDLER,
+        "openbili.access": {"level": "INFO" if OPENBILI_ACCESS_LOG else "WARNING"},
+    },
 }
+# Workers log through LOGGING above (JSON), not through a root handler of Celery's own.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 CELERY_BEAT_SCHEDULE = {
     "requests-sweep": {"task": "usage.tasks.requests_sweep", "schedule": 60.0},

@@ -6,9 +6,21 @@ from decimal import Decimal
 
 import pytest
 
+from tests import log_scan
 from tests.celery_worker import celery_worker  # noqa: F401 - fixture
 from tests.factories import AccountFactory, CatalogModelFactory, make_visible_model
 from tests.gateway_fixtures import claude, gateway, live_gateway, upstream  # noqa: F401 - fixtures
+
+
+def pytest_sessionfinish(session, exitstatus):
+    log_scan.finish(session)  # every log line of the run, scanned for secrets and prompts
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _logs_recorded_for_the_secret_scan():
+    with pytest.MonkeyPatch.context() as patch:
+        log_scan.start_recording(patch)
+        yield
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Trunc
 
@@ -35,9 +36,15 @@ GROUP_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
+def reads() -> str:
+    """The database the usage pages, summaries and exports read: the read replica when one is
+    configured (OPENBILI_REPLICA_DATABASE_URL), else the primary. Only reads no write depends on."""
+    return "replica" if settings.OPENBILI_REPLICA_READS else "default"
+
+
 def usage_rows(*, account_id: int) -> QuerySet[UsageRecord]:
     """The account's usage rows with their price snapshot (one join, no query per row)."""
-    return UsageRecord.objects.filter(account_id=account_id).select_related("price_snapshot")
+    return UsageRecord.objects.using(reads()).filter(account_id=account_id).select_related("price_snapshot")
 
 
 def route_names(route_ids: Iterable[int | None]) -> dict[int, str]:
@@ -111,7 +118,7 @@ def usage_aggregate(
         first = start if start == floor_hour(start) else floor_hour(start) + timedelta(hours=1)
         last = min(floor_hour(end), through)
         if first < last:
-            hours = UsageHour.objects.filter(account_id=account_id, hour__gte=first, hour__lt=last)
+            hours = UsageHour.objects.using(reads()).filter(account_id=account_id, hour__gte=first, hour__lt=last)
             if models is not None:
                 hours = hours.filter(model_requested__in=models)
             if api_key_ids is not None:
@@ -119,7 +126,7 @@ def usage_aggregate(
             summed = {name: Sum(name) for name in METRICS}
             parts.append(hours.annotate(bucket=Trunc("hour", bucket, tzinfo=UTC)).values(*keys).annotate(**summed))
             raw = Q(started_at__gte=start, started_at__lt=first) | Q(started_at__gte=last, started_at__lt=end)
-    rows = UsageRecord.objects.filter(raw, account_id=account_id)
+    rows = UsageRecord.objects.using(reads()).filter(raw, account_id=account_id)
     if models is not None:
         rows = rows.filter(model_requested__in=models)
     if api_key_ids is not None:
@@ -150,7 +157,7 @@ def floor_hour(moment: datetime) -> datetime:
 
 def rollup_watermark() -> datetime | None:
     """Hours before this are in UsageHour (usage/rollup.py); None: nothing is rolled up yet."""
-    return UsageRollup.objects.filter(pk=1).values_list("through", flat=True).first()
+    return UsageRollup.objects.using(reads()).filter(pk=1).values_list("through", flat=True).first()
 
 
 def totals_of(groups: Iterable[dict]) -> dict:

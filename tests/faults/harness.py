@@ -754,6 +754,11 @@ class Stack:
         ):
             with contextlib.suppress(Exception):
                 step()
+        suite_logs = os.environ.get("OPENBILI_TEST_LOG_DIR")  # for the suite's secret scan (tests/log_scan.py)
+        if suite_logs:
+            for log in self.root.glob("*.log"):
+                with contextlib.suppress(OSError):
+                    shutil.copy(log, Path(suite_logs) / f"faults-{self.root.name}-{log.name}")
         if os.environ.get("OPENBILI_FAULTS_KEEP"):  # debugging: the logs stay (gateway.log, pg/postgres.log)
             print(f"fault tests' directory kept: {self.root}", file=sys.stderr)
             return

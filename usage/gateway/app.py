@@ -15,7 +15,7 @@ import logging
 
 from openbili.core.errors import OpenbiliError
 from usage import images as image_store
-from usage.gateway import lifecycle
+from usage.gateway import lifecycle, observe
 from usage.gateway.context import Ctx, MethodNotAllowed, NotFoundUrl
 from usage.gateway.endpoints import chat, images, messages, models, responses, stored
 from usage.gateway.endpoints.base import Endpoint
@@ -39,9 +39,16 @@ class Gateway:
         if not self.state.pool:
             await self.state.start()
         ctx = Ctx(scope)
+        try:
+            await self.route(ctx, scope, receive, send)
+        finally:
+            observe.finished(self.state, ctx)  # metrics and the log line, after the answer's last byte
+
+    async def route(self, ctx: Ctx, scope, receive, send) -> None:
         path, method = scope["path"].rstrip("/"), scope["method"]
         endpoint = GENERATING.get(path)
         if endpoint is not None:
+            ctx.label = endpoint.path
             if method != "POST":
                 await lifecycle.refuse(
                     self.state, ctx, endpoint, send, MethodNotAllowed(f"{method} is not allowed on {path}.")
@@ -50,6 +57,7 @@ class Gateway:
             await lifecycle.serve(self.state, ctx, endpoint, receive, send)
             return
         if path == messages.COUNT_TOKENS.path:
+            ctx.label = path
             if method != "POST":
                 await lifecycle.refuse(
                     self.state,
@@ -68,15 +76,18 @@ class Gateway:
         endpoint: Endpoint = messages.ENDPOINT if path.startswith("/v1/messages") else models.ENDPOINT
         try:
             if path == "/v1/models" or path.startswith("/v1/models/"):
+                ctx.label = "/v1/models"
                 if method != "GET":
                     raise MethodNotAllowed(f"{method} is not allowed on {path}.")
                 model_id = path[len("/v1/models/") :] if path.startswith("/v1/models/") else None
                 await models.handle(self.state, ctx, send, model_id=model_id)
             elif scope["path"].startswith(IMAGE_FILES):  # no key: the URL is the capability
+                ctx.label = observe.IMAGE_FILES_LABEL
                 await image_store.serve_image(self.state, ctx, send, scope["path"][len(IMAGE_FILES) :], method=method)
             elif path.startswith(STORED):
                 response_id, _, rest = path[len(STORED) :].partition("/")
                 suffix = f"/{rest}" if rest else ""
+                ctx.label = STORED + "{id}" + (suffix if suffix in ("/cancel", "/input_items") else "")
                 if suffix not in ("", "/cancel", "/input_items"):
                     raise NotFoundUrl(f"Unknown URL: {method[:20]} {path[:200]}.")
                 if (method, suffix) not in stored.OPERATIONS:

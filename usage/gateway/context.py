@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import secrets
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -56,17 +57,25 @@ class Ctx:
     """One client request: ids, timings and the usage row's fields as they become known."""
 
     __slots__ = (
+        "attempts",
         "disconnected_at",
         "endpoint",
+        "error",
+        "first_byte",
         "headers",
         "key",
+        "label",
         "request_id",
         "response_started",
         "row",
         "row_written",
         "scope",
+        "spans",
         "started_at",
+        "status",
+        "t0",
         "trace_id",
+        "upstream_seconds",
     )  # fmt: skip
 
     def __init__(self, scope: dict) -> None:
@@ -81,6 +90,17 @@ class Ctx:
         self.response_started = False
         self.row_written = False
         self.disconnected_at: datetime | None = None
+        # For the request's metrics and log line (observe.py): its endpoint as a metric label (a
+        # known path, never the client's), the status sent, the error it was refused with, the
+        # upstream attempts, the time spent waiting on upstreams and when the first body byte left.
+        self.t0 = time.monotonic()
+        self.label = "other"
+        self.status = 0
+        self.error: OpenbiliError | None = None
+        self.attempts: list[dict] = []
+        self.upstream_seconds = 0.0
+        self.first_byte: float | None = None
+        self.spans: list[tuple[float, float]] = []  # each attempt's (start, end), when tracing is on
 
     def id_headers(self) -> list[tuple[bytes, bytes]]:
         request_id = self.request_id.encode()
@@ -175,6 +195,7 @@ async def send_bytes(
     if extra:
         headers.extend(extra)
     ctx.response_started = True
+    ctx.status = status
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

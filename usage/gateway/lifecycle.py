@@ -39,6 +39,7 @@ from openbili.core.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from openbili.ops import tracing
 from usage.gateway import deferred, sql
 from usage.gateway.body import read_request
 from usage.gateway.content_coding import decoder_for
@@ -133,6 +134,7 @@ async def refuse(state: GatewayState, ctx: Ctx, endpoint: Endpoint, send, error:
 async def reject(state: GatewayState, ctx: Ctx, endpoint: Endpoint, send, error: OpenbiliError) -> None:
     """A request refused before anything billable happened: its one row (if the key is known) and
     the error in the endpoint's format."""
+    ctx.error = error
     if ctx.key is not None and not ctx.row_written:
         try:
             await write_rejection(state, ctx, error)
@@ -229,7 +231,7 @@ class Call:
         self.tpm_tokens = 0  # reserved at admission, corrected at settle
         self.ttl = ttl
         self.renew_at = time.monotonic() + ttl / 3  # a stream outliving this renews its hold
-        self.attempts: list[dict] = []
+        self.attempts: list[dict] = ctx.attempts  # the usage row's, and the request's metrics
         self.route: RouteInfo | None = None
         self.provider: Provider | None = None
         self.translation: Translation | None = None
@@ -378,6 +380,11 @@ class Call:
         raise UpstreamOutcome(failure)
 
     def record(self, route: RouteInfo, status: int | None, error: str, started: float) -> None:
+        ended = time.monotonic()
+        seconds = ended - started
+        self.ctx.upstream_seconds += seconds
+        if tracing.ENABLED:
+            self.ctx.spans.append((started, ended))
         self.attempts.append(
             {
                 "attempt": len(self.attempts) + 1,
@@ -386,7 +393,7 @@ class Call:
                 "upstream_model": route.upstream_model,
                 "status": status,
                 "error": error,
-                "ms": round((time.monotonic() - started) * 1000, 1),
+                "ms": round(seconds * 1000, 1),
             }
         )
 
@@ -440,6 +447,7 @@ class Call:
             return
         await self.settle(usage, billing_result="billed", status=200, estimated=estimated, output_reached=True)
         ctx.response_started = True
+        ctx.status = 200
         await self.send(
             {
                 "type": "http.response.start",
@@ -464,6 +472,7 @@ class Call:
         held = b""  # the last event(s) of a Responses stream, sent once the bill is settled
         wants_usage = self.parsed.wants_usage
         ctx.response_started = True
+        ctx.status = 200
         await self.send(
             {
                 "type": "http.response.start",
@@ -481,6 +490,7 @@ class Call:
         cut = False
         began = False  # an upstream event arrived: it has read (and bills) the prompt
         failure: OpenbiliError | None = None
+        relay_started = time.monotonic()
         try:
             async for chunk in response.content.iter_any():
                 events = reader.feed(chunk if decoder is None else decoder.feed(chunk))
@@ -503,6 +513,7 @@ class Call:
                 if out:
                     if row["first_byte_at"] is None:
                         row["first_byte_at"] = now_utc()
+                        ctx.first_byte = time.monotonic()
                         self.mark_timer = asyncio.get_running_loop().call_later(MARK_AFTER_SECONDS, self.mark)
                     await self.send({"type": "http.response.body", "body": out, "more_body": True})
                     # What the client got, as opposed to what the upstream generated (billed).
@@ -518,6 +529,7 @@ class Call:
         except Exception:  # a bug (say, in a translation) mid-stream: bill what was sent, end the stream
             log.exception("request_id=%s trace_id=%s stream relay failed", ctx.request_id, ctx.trace_id)
             failure = OpenbiliError()
+        ctx.upstream_seconds += time.monotonic() - relay_started  # the stream's pace is the upstream's
         output = began or reader.output_events > 0  # the upstream consumed tokens: billable
         usage, estimated = reader.usage, False
         if ctx.disconnected_at is not None:
@@ -658,6 +670,7 @@ class Call:
                 return
             body = self.endpoint.error_body(error, request_id=ctx.request_id, trace_id=ctx.trace_id)
             ctx.response_started = True
+            ctx.status = error.status
             await self.send(
                 {
                     "type": "http.response.start",
@@ -736,11 +749,14 @@ class Call:
             item = {column: row[column] for column in sql.FINAL_COLUMNS}
             item |= {"request_id": row["request_id"], "billing_result": row["billing_result"]}
             item |= {"hold_id": self.hold_id, "cost": cost}
+            row["cost_usd"] = min(cost, self.hold_amount)  # what the settle charges (its log line's until it says)
             if not self.state.db_ok:
                 raise PlatformUnavailable()
             charged = await asyncio.shield(self.state.settles.submit(row["account_id"], item))
             if charged is None:
                 await self.record_lost_reserve(row)
+            else:
+                row["cost_usd"] = charged
         except (PlatformUnavailable, *UNREACHABLE):
             # The database is away: the settle lands when it returns (outbox.py), also if the
             # statement did land and only its answer was lost (a settle changes nothing twice).
@@ -803,6 +819,7 @@ async def count_tokens(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receiv
         await state.write_row(row)
         ctx.row_written = True
         ctx.response_started = True
+        ctx.status = 200
         await send(
             {
                 "type": "http.response.start",

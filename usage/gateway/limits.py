@@ -45,6 +45,7 @@ import redis.asyncio as aioredis
 
 from billing.money import TokenUsage
 from openbili.core.errors import RateLimited
+from openbili.ops.metrics import LIMITER, TALLY
 
 log = logging.getLogger("openbili.gateway")
 
@@ -173,6 +174,7 @@ class Limiter:
                     lease.tokens -= tokens
                     lease.peak = max(lease.peak, tokens)
                     self.note_reserved(key.id, lease.window, tokens)
+                TALLY.count(LIMITER, ("admitted_lease",))
                 return
             running = self.leasing.get(key.id)
             if running is None:
@@ -216,10 +218,13 @@ class Limiter:
         try:
             refused, *granted = await self.admit_script(keys=names, args=args)
         except Exception as exc:
+            TALLY.count(LIMITER, ("failed_open",))
             self.fail_open(exc)
             return
         if refused:
+            TALLY.count(LIMITER, ("refused",))
             raise self.refusal(counters, refused, granted[0], now, tokens)
+        TALLY.count(LIMITER, ("admitted",))
         slots, budget = granted
         lease = Lease(
             window,
@@ -289,7 +294,9 @@ class Limiter:
         limits = [limit for _, limit, _, _ in counters]
         refused, count = self.memory_admit([name for name, _, _, _ in counters], limits, now, tokens)
         if refused:
+            TALLY.count(LIMITER, ("refused",))
             raise self.refusal(counters, refused, count, now, tokens)
+        TALLY.count(LIMITER, ("admitted",))
         self.note_reserved(key.id, window, tokens)
 
     def consume(self, key, usage: TokenUsage, reserved: int = 0) -> None:

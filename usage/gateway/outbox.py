@@ -31,6 +31,7 @@ import redis
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
+from openbili.ops import metrics
 from usage.gateway import sql
 from usage.gateway.batch import UNREACHABLE, json_value
 
@@ -38,6 +39,8 @@ log = logging.getLogger("openbili.gateway")
 
 KEY = "openbili-outbox"
 DEAD_KEY = "openbili-outbox-dead"  # items the database refused for good (an operator looks at them)
+metrics.REDIS_LISTS[KEY] = ("openbili_outbox_pending", "Deferred writes waiting in the outbox for the database.")
+metrics.REDIS_LISTS[DEAD_KEY] = ("openbili_outbox_dead", "Deferred writes the database refused for good.")
 BATCH = 100
 
 
@@ -58,6 +61,7 @@ class Outbox:
         self.memory: deque[str] = deque()  # items Redis could not take either
 
     async def put(self, kind: str, params: dict) -> None:
+        metrics.DEFERRED.labels(kind).inc()
         doc = document(kind, params)
         if self.redis is not None:
             try:
@@ -102,6 +106,7 @@ class Outbox:
         except (redis.RedisError, OSError):
             pass  # Redis is away (the rate limiter says so in the log): its items wait for it
         if landed:
+            metrics.OUTBOX_LANDED.inc(landed)
             log.warning("outbox: %d deferred write(s) landed", landed)
         return landed
 
@@ -228,5 +233,6 @@ def drain_sync(redis_url: str, conninfo: str) -> int:
     finally:
         client.close()
     if landed:
+        metrics.OUTBOX_LANDED.inc(landed)
         log.warning("outbox: %d deferred write(s) landed (sweeper)", landed)
     return landed

@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed
 from billing import keys as key_format
 from billing.money import Prices
 from openbili.core.errors import PlatformUnavailable
+from openbili.ops import metrics
 from usage.gateway import batch, sql
 from usage.gateway.limits import Limiter
 from usage.gateway.outbox import UNREACHABLE, Outbox
@@ -209,6 +210,7 @@ class GatewayState:
         self._listener: asyncio.Task | None = None
         self._drainer: asyncio.Task | None = None
         self._recovery: asyncio.Task | None = None
+        self._metrics: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         self.outbox: Outbox | None = None
         self.outbox_wake = asyncio.Event()  # replaced in start(), on the serving loop
@@ -241,6 +243,7 @@ class GatewayState:
         )
         self._listener = asyncio.create_task(self._listen())
         self._drainer = asyncio.create_task(self._drain_outbox())
+        self._metrics = asyncio.create_task(self._flush_metrics())
 
     def _new_pool(self) -> AsyncConnectionPool:
         return AsyncConnectionPool(
@@ -269,9 +272,10 @@ class GatewayState:
         )
 
     async def stop(self) -> None:
-        for task in (self._listener, self._drainer, self._recovery):
+        for task in (self._listener, self._drainer, self._recovery, self._metrics):
             if task:
                 task.cancel()
+        metrics.TALLY.flush()
         for batcher in (self.reserves, self.settles, self.marks):
             if batcher:
                 await batcher.drain()
@@ -390,6 +394,19 @@ class GatewayState:
                 self.db_failed(exc, pool)
             except Exception:
                 log.exception("outbox drain failed; retrying in %.0f s", OUTBOX_POLL_SECONDS)
+
+    async def _flush_metrics(self) -> None:
+        """The request path's metrics, to prometheus-client's values once a second (metrics.Tally)."""
+        while True:
+            await asyncio.sleep(metrics.FLUSH_SECONDS)
+            try:
+                metrics.TALLY.flush()
+            except Exception:  # e.g. the metrics directory removed under us: serving goes on
+                log.exception("metrics could not be written")
+
+    def knows_model(self, name: str) -> bool:
+        """Whether `name` is a catalog model (as of the cache): a metric label only for those."""
+        return name in self._catalog
 
     def invalidate(self, what: str = "all") -> None:
         self._generation += 1

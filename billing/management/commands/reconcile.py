@@ -8,6 +8,7 @@ import sys
 from django.core.management.base import BaseCommand
 
 from billing.reconcile import CHECKS, reconcile
+from openbili.ops import metrics
 
 
 class Command(BaseCommand):
@@ -18,6 +19,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, account=None, **options):
         differences = reconcile(account_id=account)
+        if account is None:  # a whole run: its result is the one `openbili_reconcile_differences` reports
+            metrics.record_reconcile(len(differences))
         for difference in differences:
             self.stdout.write(str(difference))
         if differences:
