@@ -7,7 +7,10 @@ corrections are new ledger entries, made by a person.
 
 - balance: an account's balance is the sum of its ledger entries; reserved, the sum of its open holds.
 - usage: each usage charge in the ledger is its request's usage row cost, and every charged row
-  (billed / failed_but_billable with a cost) has its one charge.
+  (billed / failed_but_billable with a cost) has its one charge. Rows of archived months are gone
+  (usage/archive.py): an account's charges that have no row add up to, in count and amount, the
+  charged rows its archives recorded (usage_archived), and an invoice's archived rows count at
+  the cost its archives recorded for it.
 - invoices: total = sum of its rounded lines; usage_exact = sum of the lines' exact costs = the
   usage rows of the charges it covers; closing = opening + its entries; opening = the previous
   invoice's closing.
@@ -58,7 +61,22 @@ CHECKS: dict[str, str] = {
           FROM billing_ledgerentry e
           LEFT JOIN usage_usagerecord u ON u.request_id = e.request_id
          WHERE e.kind = 'usage' AND (u.id IS NULL OR u.cost_usd <> -e.amount OR u.account_id <> e.account_id)
+           AND NOT (u.id IS NULL AND e.account_id IN (SELECT account_id FROM archived_accounts))
            AND (%(account)s::bigint IS NULL OR e.account_id = %(account)s)
+    """,
+    "usage_archived": """
+        SELECT m.account_id, format('%%s usage charge(s) (%%s USD) have no usage row; its archived months '
+                                    'hold %%s charged row(s) (%%s USD)',
+                                    coalesce(l.n, 0), coalesce(l.usd, 0), m.n, m.usd)
+          FROM (SELECT account_id, sum(charged_rows) AS n, sum(charged_usd) AS usd FROM archived_accounts
+                 GROUP BY 1) m
+          LEFT JOIN (SELECT e.account_id, count(*) AS n, -sum(e.amount) AS usd
+                       FROM billing_ledgerentry e
+                      WHERE e.kind = 'usage'
+                        AND NOT EXISTS (SELECT 1 FROM usage_usagerecord u WHERE u.request_id = e.request_id)
+                      GROUP BY 1) l ON l.account_id = m.account_id
+         WHERE (coalesce(l.n, 0) <> m.n OR coalesce(l.usd, 0) <> m.usd)
+           AND (%(account)s::bigint IS NULL OR m.account_id = %(account)s)
     """,
     "usage_uncharged": """
         SELECT u.account_id, format('request %%s costs %%s (%%s) and has no charge in the ledger',
@@ -79,15 +97,19 @@ CHECKS: dict[str, str] = {
            AND (%(account)s::bigint IS NULL OR i.account_id = %(account)s)
     """,
     "invoice_usage_rows": """
-        SELECT i.account_id, format('invoice %%s: usage %%s, its requests'' usage rows %%s',
-                                    i.number, i.usage_exact, coalesce(r.cost, 0))
+        SELECT i.account_id, format('invoice %%s: usage %%s, its requests'' usage rows %%s (archived: %%s)',
+                                    i.number, i.usage_exact, coalesce(r.cost, 0), coalesce(z.cost, 0))
           FROM billing_invoice i
           LEFT JOIN (SELECT c.invoice_id, sum(u.cost_usd) AS cost
                        FROM billing_invoiceentry c
                        JOIN billing_ledgerentry e ON e.id = c.entry_id AND e.kind = 'usage'
                        JOIN usage_usagerecord u ON u.request_id = e.request_id
                       GROUP BY c.invoice_id) r ON r.invoice_id = i.id
-         WHERE i.usage_exact <> coalesce(r.cost, 0) AND (%(account)s::bigint IS NULL OR i.account_id = %(account)s)
+          LEFT JOIN (SELECT v.key::bigint AS invoice_id, sum(v.value::numeric) AS cost
+                       FROM usage_usagearchive a, jsonb_each_text(a.invoices) v
+                      WHERE a.status = 'dropped' GROUP BY 1) z ON z.invoice_id = i.id
+         WHERE i.usage_exact <> coalesce(r.cost, 0) + coalesce(z.cost, 0)
+           AND (%(account)s::bigint IS NULL OR i.account_id = %(account)s)
     """,
     "invoice_balances": """
         SELECT i.account_id, format('invoice %%s: opening %%s + entries %%s, closing %%s; previous closing %%s',
@@ -122,6 +144,17 @@ CHECKS: dict[str, str] = {
 }
 
 
+# What the archived months' manifests (usage.UsageArchive, dropped) recorded per account.
+ARCHIVED = """
+WITH archived_accounts AS (
+    SELECT v.key::bigint AS account_id, (v.value->>'charged_rows')::bigint AS charged_rows,
+           (v.value->>'charged_usd')::numeric AS charged_usd
+      FROM usage_usagearchive a, jsonb_each(a.accounts) v
+     WHERE a.status = 'dropped' AND v.key <> ''
+)
+"""
+
+
 def reconcile(*, account_id: int | None = None, now: datetime | None = None) -> list[Difference]:
     """Every difference found, check by check (at most LIMIT listed per check, then a count)."""
     now = now or timezone.now()
@@ -129,7 +162,7 @@ def reconcile(*, account_id: int | None = None, now: datetime | None = None) -> 
     found: list[Difference] = []
     with connection.cursor() as cursor:
         for check, sql in CHECKS.items():
-            cursor.execute(f"SELECT count(*) OVER (), q.* FROM ({sql}) q LIMIT {LIMIT}", params)  # noqa: S608
+            cursor.execute(f"{ARCHIVED} SELECT count(*) OVER (), q.* FROM ({sql}) q LIMIT {LIMIT}", params)  # noqa: S608
             rows = cursor.fetchall()
             found += [Difference(check, account, detail) for _, account, detail in rows]
             if rows and rows[0][0] > LIMIT:

@@ -184,6 +184,7 @@ def main() -> int:
             # last month's invoices, once the month is over (a no-op when they exist)
             "invoice_build": 3600.0,
             "exports_expire": 3600.0,
+            "usage_partitions": 86400.0,  # the usage table's months, made ahead
         }
         due = {job: time.monotonic() + every for job, every in schedule.items()}
         while all(child.poll() is None for child in children):

@@ -366,4 +366,6 @@ CELERY_BEAT_SCHEDULE = {
     "ledger-reconcile": {"task": "billing.tasks.ledger_reconcile", "schedule": crontab(minute=30, hour=2)},
     # Expired usage exports' files are deleted (usage/exports.py).
     "exports-expire": {"task": "usage.tasks.exports_expire", "schedule": 3600.0},
+    # The usage table's monthly partitions, made three months ahead (usage/partitions.py).
+    "usage-partitions": {"task": "usage.tasks.usage_partitions", "schedule": crontab(minute=45, hour=0)},
 }

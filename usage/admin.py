@@ -1,5 +1,5 @@
-"""Usage rows, stored images and usage exports in the admin: read-only; usage rows searchable by
-request_id, trace_id, key prefix, account, model; exports can be retried."""
+"""Usage rows, stored images, usage exports and archived months in the admin: read-only; usage rows
+searchable by request_id, trace_id, key prefix, account, model; exports can be retried."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from django.utils.html import format_html
 from billing.admin import IdSearchMixin, ViewOnlyAdmin, usd
 from billing.keys import KEY_START, PREFIX_LENGTH
 from usage import exports
-from usage.models import StoredImage, UsageExport, UsageRecord
+from usage.models import StoredImage, UsageArchive, UsageExport, UsageRecord
 
 
 def w3c_trace_id(term: str) -> str | None:
@@ -224,3 +224,34 @@ class UsageExportAdmin(ViewOnlyAdmin):
                 f"{exports.MAX_ACTIVE} per account at once.",
                 messages.WARNING,
             )
+
+
+@admin.register(UsageArchive)
+class UsageArchiveAdmin(ViewOnlyAdmin):
+    """Months of usage rows archived by `manage.py usage_archive` (usage/archive.py): the file in
+    the exports storage, what it holds, and how far the archiving got (written → verified →
+    dropped). Read-only: reconciliation balances archived charges against these rows, and a rerun
+    of the command is how one that stopped half-way is finished."""
+
+    list_display = ["month", "status", "rows", "cost", "size_bytes", "file_name", "dropped_at"]
+    list_filter = ["status"]
+    ordering = ["-month"]
+    fields = [
+        "month",
+        "partition",
+        "status",
+        "rows",
+        "cost_usd",
+        "file_name",
+        "size_bytes",
+        "sha256",
+        "accounts",
+        "invoices",
+        "created_at",
+        "verified_at",
+        "dropped_at",
+    ]
+
+    @admin.display(description="cost (USD)", ordering="cost_usd")
+    def cost(self, obj: UsageArchive) -> str:
+        return usd(obj.cost_usd)

@@ -94,8 +94,15 @@ class UsageRecord(models.Model):
         related_name="usage_records",
         db_index=False,  # snapshots are never deleted (append-only trigger)
     )
-    hold = models.OneToOneField(
-        "billing.Hold", null=True, blank=True, on_delete=models.PROTECT, related_name="usage_record"
+    # One row per hold in fact (a hold is taken for one request), but not a unique index: the
+    # partitioned table's can only be unique with started_at in it (migration 0010).
+    hold = models.ForeignKey(
+        "billing.Hold",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="usage_records",
+        db_index=False,  # usage_hold
     )
     output_reached_client = models.BooleanField(
         default=False, help_text="Whether output bytes reached the client before any failure."
@@ -117,9 +124,15 @@ class UsageRecord(models.Model):
         "account's (GET /v1/responses/{id}, previous_response_id) and which route holds it.",
     )
 
+    # The table is partitioned by month of started_at (migration 0010, usage/partitions.py): its
+    # primary key is (id, started_at) in the database, `id` alone here (unique in fact: identity),
+    # and request_id is unique with started_at, which a CHECK binds to a time-carrying id
+    # (usage/gateway/ids.py) so that request_id is unique by itself. Statements that find a row by
+    # request_id also say its started_at, so PostgreSQL reads one partition (usage/gateway/sql.py).
     class Meta:
         indexes = [
             models.Index(fields=["trace_id"], name="usage_trace_id"),
+            models.Index(fields=["hold"], name="usage_hold"),  # the sweeper's (SWEEP_HOLD)
             models.Index(fields=["account", "response_id"], name="usage_response_id", condition=~Q(response_id="")),
             models.Index(fields=["account", "-started_at"], name="usage_account_time"),
             models.Index(fields=["api_key", "-started_at"], name="usage_key_time"),
@@ -134,7 +147,7 @@ class UsageRecord(models.Model):
             ),
         ]
         constraints = [
-            models.UniqueConstraint(fields=["request_id"], name="usage_request_id_unique"),
+            models.UniqueConstraint(fields=["request_id", "started_at"], name="usage_request_id_unique"),
             models.CheckConstraint(condition=Q(cost_usd__gte=0), name="usage_cost_gte_0"),
             models.CheckConstraint(
                 condition=~Q(billing_result="not_billed") | Q(cost_usd=0), name="usage_not_billed_is_free"
@@ -318,3 +331,46 @@ class UsageExport(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} {self.format} {self.status}"
+
+
+# --- archived months of usage rows (usage/archive.py) ---
+
+
+class UsageArchive(models.Model):
+    """One calendar month (UTC) of usage rows, archived: its partition copied to a gzipped CSV in
+    the `openbili_exports` storage, verified, then dropped from the database.
+
+    What the month's rows added up to stays here, so that reconciliation still balances the
+    ledger's charges of archived rows (billing/reconcile.py): per account its rows, their cost and
+    its charged rows with the ledger's charges; per invoice the cost of its archived rows."""
+
+    class Status(models.TextChoices):
+        WRITTEN = "written", "Written (file saved, not yet verified)"
+        VERIFIED = "verified", "Verified (file read back and checked; partition still there)"
+        DROPPED = "dropped", "Dropped (partition removed from the database)"
+
+    month = models.DateTimeField(unique=True, help_text="The month's first instant (UTC).")
+    partition = models.CharField(max_length=63, help_text="The PostgreSQL partition the rows were in.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.WRITTEN)
+    rows = models.PositiveBigIntegerField(help_text="Rows in the file (= rows the partition had).")
+    file_name = models.CharField(max_length=255, help_text="Name in the openbili_exports storage (.csv.gz).")
+    size_bytes = models.PositiveBigIntegerField(help_text="Size of the gzipped file.")
+    sha256 = models.CharField(max_length=64, help_text="SHA-256 of the gzipped file, hex.")
+    cost_usd = MoneyField(max_digits=32, help_text="Sum of the rows' cost_usd.")
+    accounts = models.JSONField(
+        default=dict,
+        help_text='Per account id ("" for rows of no account): rows, cost_usd (sum), charged_rows and '
+        "charged_usd (the ledger's usage charges of those rows). Decimals as strings.",
+    )
+    invoices = models.JSONField(
+        default=dict, help_text="Per invoice id: the cost_usd of the archived rows whose charges it covers."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    dropped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-month"]
+
+    def __str__(self) -> str:
+        return f"usage {self.month:%Y-%m}: {self.rows} rows, {self.status}"

@@ -7,7 +7,7 @@ import psycopg
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from usage import exports, images, rollup, services
+from usage import exports, images, partitions, rollup, services
 
 log = logging.getLogger("openbili.exports")
 
@@ -71,6 +71,16 @@ def usage_rollup(self) -> int:
         return rollup.usage_rollup()
     except DATABASE_DOWN as exc:
         raise self.retry(exc=exc, countdown=_backoff(self, 15)) from exc
+
+
+@shared_task(**PERIODIC)
+def usage_partitions(self) -> list[str]:
+    """Make the usage table's partitions months ahead (usage/partitions.py); a lock timeout (the
+    table busy) is retried, and tomorrow's run makes them anyway."""
+    try:
+        return partitions.partitions_ensure()
+    except DATABASE_DOWN as exc:
+        raise self.retry(exc=exc, countdown=_backoff(self, 60)) from exc
 
 
 @shared_task(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -46,7 +46,7 @@ from tests.factories import (
 from tickets.models import Ticket
 from tickets.services import ticket_open
 from usage import exports
-from usage.models import StoredImage, UsageExport, UsageRecord
+from usage.models import StoredImage, UsageArchive, UsageExport, UsageRecord
 
 SECRET_RE = re.compile(r"sk-ob-[A-Za-z0-9_-]{43}")
 _seq = itertools.count(1)
@@ -166,6 +166,11 @@ BUILDERS = {
     ),
 }
 BUILDERS[UserFactory._meta.model] = UserFactory
+BUILDERS[UsageArchive] = lambda: UsageArchive.objects.create(
+    month=datetime(2020, 1 + next(_seq) % 12, 1, tzinfo=UTC), partition="usage_usagerecord_p2020_01",
+    status="dropped", rows=3, file_name="usage-archive/2020-01.csv.gz", size_bytes=120, sha256="0" * 64,
+    cost_usd=Decimal("0.000000020001"), accounts={"1": {"rows": 3, "cost_usd": "0.000000020001"}},
+)  # fmt: skip
 # django-axes' records of failed logins (its own admin pages: operators unlock from there)
 BUILDERS[AccessAttempt] = lambda: AccessAttempt.objects.create(
     username=f"user{next(_seq)}", ip_address="198.51.100.7", user_agent="test", failures_since_start=3

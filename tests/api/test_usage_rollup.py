@@ -159,7 +159,7 @@ def test_a_late_write_marked_dirty_is_recomputed_and_runs_are_idempotent(rows, a
     late = make_row(account, at=start + 2 * H + timedelta(minutes=3), cost_usd=Decimal("1.000000000001"))
     assert selectors.usage_aggregate(**query) != raw_aggregate(**query)  # the roll-up does not know it yet
     with connection.cursor() as cursor:  # the mark of a write that landed late
-        cursor.execute(outbox.MARK_DIRTY, {"request_id": late.request_id})
+        cursor.execute(outbox.MARK_DIRTY, {"request_id": late.request_id, "started_at": late.started_at})
     assert list(UsageHourDirty.objects.values_list("hour", flat=True)) == [
         (start + 2 * H).replace(minute=0, second=0, microsecond=0)
     ]
@@ -170,7 +170,7 @@ def test_a_late_write_marked_dirty_is_recomputed_and_runs_are_idempotent(rows, a
     assert totals["cost_usd"] == selectors.totals_of(first)["cost_usd"] + Decimal("1.000000000001")
     recent = make_row(account, at=NOW - timedelta(minutes=1))
     with connection.cursor() as cursor:  # past the watermark: a needless mark, harmless
-        cursor.execute(outbox.MARK_DIRTY, {"request_id": recent.request_id})
+        cursor.execute(outbox.MARK_DIRTY, {"request_id": recent.request_id, "started_at": recent.started_at})
     assert rollup.usage_rollup(now=NOW) == 1
     assert selectors.usage_aggregate(**query) == raw_aggregate(**query)
 

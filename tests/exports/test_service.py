@@ -293,20 +293,22 @@ def other_session():
     )  # fmt: skip
 
 
-def wait_until_gone(backend_pid: int) -> None:
+def wait_until_free(key1: int, key2: int) -> None:
     """A closed session's backend exits, and drops its advisory locks, a moment after the client
-    hangs up; wait for that exit (not for a fixed time) so the next step sees the lock free."""
+    hangs up; wait for that lock to be free (not for a fixed time, and not for the backend's pid,
+    which a busy server may hand to a new backend meanwhile)."""
     deadline = time.monotonic() + 30
     with connection.cursor() as cursor:
         while time.monotonic() < deadline:
             cursor.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE pid = %s UNION ALL SELECT 1 FROM pg_locks WHERE pid = %s",
-                [backend_pid, backend_pid],
+                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %s::bigint::oid"
+                " AND objid = %s::bigint::oid AND objsubid = 2",
+                [key1 % 2**32, key2 % 2**32],
             )
             if cursor.fetchone() is None:
                 return
             time.sleep(0.01)
-    raise AssertionError(f"backend {backend_pid} still alive after its session closed")
+    raise AssertionError(f"advisory lock ({key1}, {key2}) still held after its session closed")
 
 
 def test_a_live_run_elsewhere_keeps_the_export_and_refuses_a_retry(dataset, export_dir):
@@ -319,8 +321,7 @@ def test_a_live_run_elsewhere_keeps_the_export_and_refuses_a_retry(dataset, expo
         with pytest.raises(exports.ExportConflict):
             exports.export_retry(export=export)
         assert UsageExport.objects.get(pk=export.pk).attempts == 0
-        backend_pid = elsewhere.info.backend_pid
-    wait_until_gone(backend_pid)
+    wait_until_free(exports.RUN_LOCK, exports._lock_key(export.pk))
     # that worker died: its lock went with its session, and a redelivered task finishes the job
     done = exports.export_run(export.pk)
     assert done.status == "done" and done.attempts == 1 and done.lost_runs == 0

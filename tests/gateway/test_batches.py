@@ -47,9 +47,10 @@ def reserve_items(key, count: int, amount: Decimal) -> list[dict]:
     ]
 
 
-def settle_item(request_id: str, hold_id: int, cost: Decimal, **tokens) -> dict:
+def settle_item(item: dict, hold_id: int, cost: Decimal, **tokens) -> dict:
     return {
-        "request_id": request_id,
+        "request_id": item["request_id"],
+        "started_at": item["started_at"],  # with request_id, the row's key (its partition)
         "hold_id": hold_id,
         "cost": cost,
         "billing_result": "billed" if cost else "not_billed",
@@ -116,7 +117,7 @@ def test_a_batched_reserve_and_settle_keep_the_ledger_exact(transactional_db):
     assert UsageRecord.objects.filter(request_id__in=holds, billing_result="pending").count() == 3
 
     costs = [Decimal("0.012345678901"), Decimal("0"), Decimal("0.5")]  # the last is capped at its hold
-    settles = [settle_item(i["request_id"], holds[i["request_id"]], cost) for i, cost in zip(items, costs, strict=True)]
+    settles = [settle_item(i, holds[i["request_id"]], cost) for i, cost in zip(items, costs, strict=True)]
     finished = dict(run(sql.SETTLE_MANY, {"rows": rows_json(settles)}))
     charged = [Decimal("0.012345678901"), Decimal("0"), Decimal("0.1")]
     assert finished == {item["request_id"]: cost for item, cost in zip(items, charged, strict=True)}
@@ -165,10 +166,10 @@ def test_one_batch_serves_several_accounts_each_on_its_own_credit(transactional_
     # (the gateway then retries them one by one); the rich one gets both.
     assert set(holds) == {item["request_id"] for item in items[2:]}
     assert Account.objects.get(pk=poor.pk).reserved == 0
-    settles = [settle_item(i["request_id"], holds[i["request_id"]], Decimal("0.03")) for i in items[2:]]
+    settles = [settle_item(i, holds[i["request_id"]], Decimal("0.03")) for i in items[2:]]
     more = reserve_items(poor_key, 1, Decimal("0.1"))
     holds |= dict(run(sql.RESERVE_MANY, {"rows": rows_json(more + reserve_items(rich_key, 1, Decimal("0.1")))}))
-    settles.append(settle_item(more[0]["request_id"], holds[more[0]["request_id"]], Decimal("0.02")))
+    settles.append(settle_item(more[0], holds[more[0]["request_id"]], Decimal("0.02")))
     finished = dict(run(sql.SETTLE_MANY, {"rows": rows_json(settles)}))
     assert len(finished) == 3
     assert_ledger(poor.pk, spent=Decimal("0.02"), credit=Decimal("0.15"))
@@ -254,4 +255,6 @@ def test_settle_plans_find_holds_and_rows_by_index_even_when_planned_on_empty_ta
             cursor.execute("RESET plan_cache_mode")
             cursor.execute("RESET enable_seqscan")
     assert "billing_hold_pkey" in plan and "Index Cond: (id = ANY" in plan, plan
-    assert "usage_request_id_unique" in plan and "Index Cond: ((request_id)::text = ANY" in plan, plan
+    # Each month's partition (usage migration 0010) by its key: request_id, or started_at (to the µs).
+    assert "Seq Scan on usage_usagerecord" not in plan, plan
+    assert "Index Cond: ((request_id)::text = ANY" in plan or "Index Cond: (started_at = ANY" in plan, plan

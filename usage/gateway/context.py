@@ -11,7 +11,6 @@ import logging
 import os
 import secrets
 import time
-import uuid
 from datetime import UTC, datetime
 
 from openbili.core.errors import (
@@ -24,6 +23,7 @@ from openbili.core.errors import (
     RequestTimeout,
     RequestTooLarge,
 )
+from usage.gateway import ids
 from usage.gateway.state import GatewayState, KeyInfo, ModelInfo
 
 log = logging.getLogger("openbili.gateway")
@@ -80,11 +80,11 @@ class Ctx:
 
     def __init__(self, scope: dict) -> None:
         self.headers = {name.decode("latin-1"): value for name, value in scope["headers"]}
-        self.request_id = "req_" + uuid.uuid4().hex
+        self.started_at = now_utc()
+        self.request_id = ids.request_id(self.started_at)  # carries started_at: the usage table's key (ids.py)
         self.trace_id = trace_id_from(self.headers.get("traceparent"))
         self.endpoint = db_text(scope["path"], 64)
         self.scope = scope  # the ASGI scope, for what few need beyond the headers (an image URL's host)
-        self.started_at = now_utc()
         self.key: KeyInfo | None = None
         self.row: dict | None = None
         self.response_started = False

@@ -34,15 +34,17 @@ UPDATE usage_usagerecord
    SET response_id = %(response_id)s, route_id = %(route_id)s, provider = %(provider)s,
        upstream_model = %(upstream_model)s, status = 200, first_byte_at = %(first_byte_at)s,
        output_reached_client = true, attempts = %(attempts)s::jsonb
- WHERE request_id = %(request_id)s AND billing_result = 'pending'
+ WHERE request_id = %(request_id)s AND started_at = %(started_at)s AND billing_result = 'pending'
 """
 
-MARK_PARAMS = ("request_id", "response_id", "route_id", "provider", "upstream_model", "first_byte_at", "attempts")
+MARK_PARAMS = (
+    "request_id", "started_at", "response_id", "route_id", "provider", "upstream_model", "first_byte_at", "attempts",
+)  # fmt: skip
 
 # What a settle needs of a pending background row (stored.py reads it by response id, the poller
 # in bulk).
 PENDING_COLUMNS = (
-    "request_id", "hold_id", "route_id", "provider", "upstream_model", "first_byte_at", "attempts",
+    "request_id", "started_at", "hold_id", "route_id", "provider", "upstream_model", "first_byte_at", "attempts",
     "response_id", "price_snapshot_id", "client_disconnected_at",
 )  # fmt: skip
 
@@ -66,6 +68,7 @@ def settle_item(row: dict, data: dict, prices: money.Prices) -> dict | None:
     item: dict[str, Any] = dict.fromkeys(sql.FINAL_COLUMNS)
     item |= {
         "request_id": row["request_id"],
+        "started_at": row["started_at"],
         "hold_id": row["hold_id"],
         "cost": cost,
         "billing_result": billing_result,

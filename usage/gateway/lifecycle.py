@@ -601,7 +601,7 @@ class Call:
         row = self.ctx.row
         if self.settled or row is None or self.state.marks is None or not self.state.db_ok:
             return
-        item = {"request_id": row["request_id"], "first_byte_at": row["first_byte_at"]}
+        item = {"request_id": row["request_id"], "started_at": row["started_at"], "first_byte_at": row["first_byte_at"]}
         item["output_reached_client"] = self.output_sent
         task = asyncio.ensure_future(self.state.marks.submit(0, item))
         _orphans.add(task)

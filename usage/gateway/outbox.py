@@ -168,14 +168,15 @@ def apply_sync(cursor: psycopg.Cursor, item: dict[str, Any]) -> None:
 # costs one hour's recompute.
 MARK_DIRTY = """
 INSERT INTO usage_usagehourdirty (hour)
-SELECT date_trunc('hour', started_at, 'UTC') FROM usage_usagerecord WHERE request_id = %(request_id)s
+SELECT date_trunc('hour', started_at, 'UTC') FROM usage_usagerecord
+ WHERE request_id = %(request_id)s AND started_at = %(started_at)s
 ON CONFLICT (hour) DO NOTHING
 """
 
 
 async def mark_async(conn: psycopg.AsyncConnection, item: dict[str, Any]) -> None:
     try:
-        await conn.execute(MARK_DIRTY, {"request_id": item["request_id"]})
+        await conn.execute(MARK_DIRTY, row_key(item))
     except UNREACHABLE:
         raise
     except psycopg.Error:
@@ -184,14 +185,23 @@ async def mark_async(conn: psycopg.AsyncConnection, item: dict[str, Any]) -> Non
 
 def mark_sync(cursor: psycopg.Cursor, item: dict[str, Any]) -> None:
     try:
-        cursor.execute(MARK_DIRTY, {"request_id": item["request_id"]})
+        cursor.execute(MARK_DIRTY, row_key(item))
     except UNREACHABLE:
         raise
     except psycopg.Error:
         log.exception("request_id=%s landed; marking its usage hour for the roll-up failed", item["request_id"])
 
 
-PENDING_HOLD = "SELECT hold_id FROM usage_usagerecord WHERE request_id = %(request_id)s AND billing_result = 'pending'"
+def row_key(item: dict[str, Any]) -> dict:
+    """The usage row's key (request_id, started_at: one partition) of an item; both kinds carry
+    the whole row, items written before the table was partitioned too."""
+    return {"request_id": item["request_id"], "started_at": item["params"]["started_at"]}
+
+
+PENDING_HOLD = """
+SELECT hold_id FROM usage_usagerecord
+ WHERE request_id = %(request_id)s AND started_at = %(started_at)s AND billing_result = 'pending'
+"""
 
 
 def release_params(row: dict, hold_id: int) -> dict:

@@ -48,11 +48,14 @@ def one_row(columns) -> str:
 
 _VALUES = ", ".join("%(attempts)s::jsonb" if c == "attempts" else f"%({c})s" for c in COLUMNS)
 
-# A rejected request (no hold): one row, written once even if replayed.
+# A rejected request (no hold): one row, written once even if replayed. The table is partitioned
+# by month of started_at, so its unique index is (request_id, started_at); a replay carries the
+# same started_at, and the CHECK of migration 0010 keeps a time-carrying id from coming with
+# another (usage/gateway/ids.py).
 INSERT_USAGE = f"""
 INSERT INTO usage_usagerecord ({", ".join(COLUMNS)})
 VALUES ({_VALUES})
-ON CONFLICT (request_id) DO NOTHING
+ON CONFLICT (request_id, started_at) DO NOTHING
 """
 
 # What a pending row knows when its hold is taken; every other column starts at a constant, so
@@ -102,16 +105,19 @@ SELECT hold.request_id, hold.id FROM hold, cfg
 RESERVE_MANY = _reserve(recordset(RESERVE_COLUMNS))
 RESERVE_ONE = _reserve(one_row(RESERVE_COLUMNS))
 
+# What a settle sends of the row: the columns it finishes, and started_at, which is not changed but
+# finds the row's partition (with request_id, the table's unique key): PostgreSQL then reads and
+# locks one month's partition, not every month's (bench/usage_partitions.py).
 FINAL_COLUMNS = (
     "route_id", "provider", "upstream_model", "status", "error_class", "error_code", "error_message",
     "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens",
     "image_count", "tokens_estimated", "output_reached_client", "client_disconnected_at",
-    "first_byte_at", "finished_at", "attempts", "response_id",
+    "first_byte_at", "finished_at", "attempts", "response_id", "started_at",
 )  # fmt: skip
 
 # response_id may be absent from an item written before the column existed (the outbox): ''.
 _SET = {"attempts": "attempts = req.attempts::jsonb", "response_id": "response_id = COALESCE(req.response_id, '')"}
-_SETS = ",\n       ".join(_SET.get(c, f"{c} = req.{c}") for c in FINAL_COLUMNS)
+_SETS = ",\n       ".join(_SET.get(c, f"{c} = req.{c}") for c in FINAL_COLUMNS if c != "started_at")
 SETTLE_COLUMNS = ("request_id", "hold_id", "cost", "billing_result", *FINAL_COLUMNS)
 
 # Settle the holds of %(rows)s (SETTLE_ONE: one request's, as parameters) and finish their usage
@@ -120,7 +126,7 @@ SETTLE_COLUMNS = ("request_id", "hold_id", "cost", "billing_result", *FINAL_COLU
 # row finished.
 
 
-def _settle(req: str) -> str:
+def _settle(req: str, started_at: str) -> str:
     return f"""
 WITH {req},
 {SETTLE_CTE}, usage AS (
@@ -132,6 +138,7 @@ WITH {req},
                                  THEN 'not_billed' ELSE req.billing_result END
       FROM req LEFT JOIN h ON h.request_id = req.request_id
      WHERE u.request_id = ANY (ARRAY(SELECT request_id FROM req)) AND u.request_id = req.request_id
+       AND u.started_at {started_at} AND u.started_at = req.started_at
        AND u.billing_result = 'pending'
  RETURNING u.request_id, u.cost_usd
 )
@@ -139,20 +146,27 @@ SELECT request_id, cost_usd FROM usage
 """
 
 
-SETTLE_MANY = _settle(recordset(SETTLE_COLUMNS))
-SETTLE_ONE = _settle(one_row(SETTLE_COLUMNS))
+# The partitions to read, as the planner can see them: the lone settle's started_at is a parameter
+# (a custom plan reads one partition, a generic plan prunes the others when it starts); a batch's
+# come from `req`, so its plan prunes when it starts too (an InitPlan, like request_id's).
+SETTLE_MANY = _settle(recordset(SETTLE_COLUMNS), "= ANY (ARRAY(SELECT started_at FROM req))")
+SETTLE_ONE = _settle(one_row(SETTLE_COLUMNS), "= %(started_at)s::timestamptz")
 
 # A stream that has been reaching its client for a while says so on its pending row, so that a
-# row finished by the sweeper (the process was killed) still tells what the client saw.
+# row finished by the sweeper (the process was killed) still tells what the client saw. A row
+# that says its started_at is found in its partition; one that does not, in every partition.
 MARK_STREAMING = """
 UPDATE usage_usagerecord u
    SET status = 200, first_byte_at = r.first_byte_at, output_reached_client = r.output_reached_client
-  FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(request_id text, first_byte_at timestamptz, output_reached_client boolean)
- WHERE u.request_id = r.request_id AND u.billing_result = 'pending'
+  FROM jsonb_to_recordset(%(rows)s::jsonb)
+       AS r(request_id text, started_at timestamptz, first_byte_at timestamptz, output_reached_client boolean)
+ WHERE u.request_id = r.request_id AND u.started_at = COALESCE(r.started_at, u.started_at)
+   AND u.billing_result = 'pending'
 """
 
 # The sweeper: release a hold whose request died (process killed) and finish its usage row. A
 # stream whose client had output (MARK_STREAMING) was interrupted as far as that client knows.
+# By hold_id (usage_hold): one index probe per partition, off the request path.
 SWEEP_HOLD = f"""
 WITH {ONE_SETTLE}, {SETTLE_CTE}, usage AS (
     UPDATE usage_usagerecord

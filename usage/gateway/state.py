@@ -41,6 +41,19 @@ CATALOG_TTL = float(os.environ.get("OPENBILI_CATALOG_CACHE_SECONDS", "30"))
 # is answered 503, and how often a fresh connection is tried.
 DB_WAIT_SECONDS = float(os.environ.get("OPENBILI_DB_WAIT_SECONDS", "2"))
 DB_RETRY_SECONDS = 0.25
+# The pool runs only the gateway's point statements (batch.py, sql.py). A batch's rows come from
+# jsonb_to_recordset, which the planner always guesses at 100 rows, so on small tables it would
+# hash-join them against a sequential scan of the usage rows (2 ms instead of 0.2). Index lookups
+# are always the right plan here: say so. No JIT: a point statement never gains from it, and a
+# plan costed past these bans would be compiled (~100 ms a statement). Generic plans always:
+# the usage table is partitioned by month (usage migration 0010), and a generic plan, which counts
+# every partition in its cost, never looks cheaper to PostgreSQL than a plan made for one month, so
+# it would plan the settle anew on every request (+1 ms); the generic plan prunes to the row's
+# month when it starts (bench/usage_partitions.py).
+POOL_OPTIONS = (
+    "-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off -c jit=off"
+    " -c plan_cache_mode=force_generic_plan"
+)
 OUTBOX_POLL_SECONDS = 5.0
 
 
@@ -258,16 +271,7 @@ class GatewayState:
             # A statement waits this long for a connection, then fails (503 platform_error): while
             # the database is away requests fail fast instead of queueing for the pool's 30 s.
             timeout=DB_WAIT_SECONDS,
-            # The pool runs only the gateway's point statements (batch.py, sql.py). A batch's rows
-            # come from jsonb_to_recordset, which the planner always guesses at 100 rows, so on
-            # small tables it would hash-join them against a sequential scan of the usage rows
-            # (2 ms instead of 0.2). Index lookups are always the right plan here: say so. No JIT:
-            # a point statement never gains from it, and a plan costed past the bans above would
-            # be compiled (~100 ms a statement).
-            kwargs={
-                "autocommit": True,
-                "options": "-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off -c jit=off",
-            },
+            kwargs={"autocommit": True, "options": POOL_OPTIONS},
             open=False,
         )
 
