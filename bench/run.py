@@ -66,7 +66,7 @@ LITELLM_SPEC = "litellm[proxy]==1.108.7"
 PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 BENCH_DB = "openbili_bench"
 BENCH_DB_URL = f"postgres://postgres@127.0.0.1:5432/{BENCH_DB}"
-BENCH_REDIS_URL = "redis://127.0.0.1:6379/14"
+BENCH_REDIS_URL = "redis://127.0.0.1:6379/13"  # the suite takes 15 and 14 (tests/worker_env.py)
 UPSTREAM_SECRET_ENV = "OPENBILI_BENCH_UPSTREAM_KEY"
 CHAT_PATH = "/v1/chat/completions"
 MESSAGES_PATH = "/v1/messages"
@@ -605,9 +605,9 @@ def start_openbili(args: argparse.Namespace, upstream: str) -> Target:
     try:
         import redis
 
-        redis.Redis.from_url(BENCH_REDIS_URL).flushdb()  # db 14 is the benchmark's alone
+        redis.Redis.from_url(BENCH_REDIS_URL).flushdb()  # db 13 is the benchmark's alone
     except Exception as exc:
-        say(f"Redis db 14 not flushed ({type(exc).__name__}: {exc}); continuing")
+        say(f"Redis db 13 not flushed ({type(exc).__name__}: {exc}); continuing")
     env = dict(os.environ)
     for name in ("CELERY_TASK_ALWAYS_EAGER", "CELERY_BROKER_URL", "OPENBILI_DEMO"):
         env.pop(name, None)

@@ -8,8 +8,10 @@ import pytest
 
 from tests import log_scan
 from tests.celery_worker import celery_worker  # noqa: F401 - fixture
+from tests.db_speed import django_db_setup  # noqa: F401 - fixture (async commit, fast teardown)
 from tests.factories import AccountFactory, CatalogModelFactory, make_visible_model
 from tests.gateway_fixtures import claude, gateway, live_gateway, upstream  # noqa: F401 - fixtures
+from tests.worker_env import APPLIED  # noqa: F401 - in an xdist worker, refuses to run unless loaded first (-p)
 
 
 def pytest_sessionfinish(session, exitstatus):

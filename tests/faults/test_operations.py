@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -92,6 +94,14 @@ def test_readyz_names_each_dependency_that_is_down_and_healthz_stays_up(faults, 
 
 
 def test_metrics_add_up_across_the_workers(faults, ops, account):
+    # Fresh workers on an empty metrics directory, as a deployment starts them (docs/operations.md):
+    # the test before stopped PostgreSQL under them, and a worker's first statement on a pooled
+    # connection from before the restart answers 503 (tests/faults/test_postgres.py).
+    ops.stop()
+    metrics_dir = Path(ops.env["PROMETHEUS_MULTIPROC_DIR"])
+    shutil.rmtree(metrics_dir)
+    metrics_dir.mkdir()
+    ops.start()
     sent = 24
     answers = [send(ops.url, account.secret, surface="chat", stream=False) for _ in range(sent)]
     assert all(a.status == 200 for a in answers)
@@ -114,5 +124,5 @@ def test_metrics_add_up_across_the_workers(faults, ops, account):
     # Each worker writes its tally once a second; whichever worker serves the scrape reads both.
     # Under load a scrape (every worker's files, the ledger's gauges) can take seconds of its own.
     wait_until(lambda: requests_counted() == sent, what=f"{sent} requests in the metrics", timeout=45, every=0.5)
-    files = list((faults.root / "ops" / "metrics").glob("counter_*.db"))
+    files = list(metrics_dir.glob("counter_*.db"))
     assert len(files) >= 2, f"one metrics file per worker expected, found {[f.name for f in files]}"

@@ -90,7 +90,8 @@ def test_requests_fail_fast_while_the_database_is_away_and_their_rows_land_later
         assert (error["code"], error["type"]) == ("platform_error", "server_error")
         assert response.headers["retry-after"] == "2"
         assert response.headers["x-request-id"] == error["request_id"]
-    assert max(seconds for _, seconds in answers[1:]) < 0.5  # the circuit is open: no waiting
+    # The circuit is open: no waiting for the pool's 2 s (well under it even on a loaded machine).
+    assert max(seconds for _, seconds in answers[1:]) < 1.5
     ids = [response.headers["x-request-id"] for response, _ in answers]
     models = gateway.get("/v1/models")  # served from the cached catalog; its row comes later
     assert models.status_code == 200 and models.json()["data"]
