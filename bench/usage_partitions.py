@@ -48,16 +48,9 @@ sys.path.insert(0, str(BASE))
 
 from bench import usage_volume  # noqa: E402
 
-CHUNK = 1_000_000
 RESULTS = BASE / "bench" / "results"
 
-# bench/usage_volume.py's rows, with uuid4-shaped request ids (version nibble 4), as the gateway
-# made them before migration 0010: a time-carrying id must match its started_at (its CHECK).
-ROWS = usage_volume.ROWS.replace(
-    "SELECT 'req_' || md5(%(seed)s || n::text),",
-    "SELECT 'req_' || overlay(md5(%(seed)s || n::text) PLACING '4' FROM 13),",
-)
-assert ROWS != usage_volume.ROWS
+ROWS = usage_volume.ROWS  # uuid4-shaped request ids, as the gateway made them before migration 0010
 
 
 def database_url(db: str) -> str:
@@ -115,25 +108,7 @@ def build(args) -> None:
             cursor.execute(f"ALTER TABLE usage_usagerecord DROP CONSTRAINT {name}")
         for name, _ in indexes:
             cursor.execute(f"DROP INDEX IF EXISTS {name}")
-        for position, (account, count) in enumerate(accounts):
-            key, _ = services.key_create(account=account, name="volume")
-            for start in range(0, count, CHUNK):
-                stop = min(start + CHUNK, count) - 1
-                cursor.execute(
-                    ROWS,
-                    {
-                        "seed": f"{position}-",
-                        "account_id": account.pk,
-                        "key_id": key.pk,
-                        "prefix": key.prefix,
-                        "snapshot_id": snapshot.pk,
-                        "count": max(count, 1),
-                        "days": args.days,
-                        "start": start,
-                        "stop": stop,
-                    },
-                )
-                say(f"account {position}: {stop + 1:,} of {count:,} rows ({time.monotonic() - started:.0f} s)")
+        usage_volume.insert_rows(cursor, accounts, snapshot, days=args.days, rows_sql=ROWS)
         say(f"rows loaded in {time.monotonic() - started:.0f} s; rebuilding the indexes")
         cursor.execute("SET maintenance_work_mem = '512MB'")
         for name, definition in uniques:

@@ -28,6 +28,7 @@ import os
 import statistics
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -76,7 +77,7 @@ INSERT INTO usage_usagerecord (
     tokens_estimated, cost_usd, uncharged_usd, billing_result, price_snapshot_id,
     output_reached_client, started_at, first_byte_at, finished_at, attempts, user_agent, response_id
 )
-SELECT 'req_' || md5(%(seed)s || n::text),
+SELECT 'req_' || overlay(md5(%(seed)s || n::text) PLACING '4' FROM 13),
        'trace_' || md5(%(seed)s || 't' || n::text),
        %(account_id)s, %(key_id)s, %(prefix)s,
        (ARRAY['/v1/chat/completions', '/v1/messages', '/v1/responses'])[1 + n %% 3],
@@ -116,29 +117,34 @@ def build(args) -> dict:
     others = max(args.rows - args.account_rows, 0)
     for index in range(args.others):
         accounts.append((AccountFactory(name=f"other-{index}"), others // args.others))
-    started = time.monotonic()
+    from django.utils import timezone
+
+    from billing.invoices import month_start, next_month
+    from usage import partitions
+
+    month = month_start(timezone.now() - timedelta(days=args.days))
+    while month <= timezone.now():  # each month's partition first: rows go there, not to DEFAULT
+        partitions.partition_ensure(month)
+        month = next_month(month)
     with connection.cursor() as cursor:
-        for position, (account, count) in enumerate(accounts):
-            key, _ = services.key_create(account=account, name="volume")
-            for start in range(0, count, CHUNK):
-                stop = min(start + CHUNK, count) - 1
-                cursor.execute(
-                    ROWS,
-                    {
-                        "seed": f"{position}-",
-                        "account_id": account.pk,
-                        "key_id": key.pk,
-                        "prefix": key.prefix,
-                        "snapshot_id": snapshot.pk,
-                        "count": max(count, 1),
-                        "days": args.days,
-                        "start": start,
-                        "stop": stop,
-                    },
-                )
-                say(f"account {position}: {stop + 1:,} of {count:,} rows ({time.monotonic() - started:.0f} s)")
+        insert_rows(cursor, accounts, snapshot, days=args.days)
         cursor.execute("ANALYZE usage_usagerecord")
     return {"account_id": owner.account.pk, "secret": owner.secret}
+
+
+def insert_rows(cursor, accounts, snapshot, *, days: int, rows_sql: str = ROWS) -> None:
+    """Each account's rows (a key of its own), a million per INSERT … SELECT (`rows_sql`)."""
+    from billing import services
+
+    started = time.monotonic()
+    for position, (account, count) in enumerate(accounts):
+        key, _ = services.key_create(account=account, name="volume")
+        for start in range(0, count, CHUNK):
+            stop = min(start + CHUNK, count) - 1
+            params = {"seed": f"{position}-", "account_id": account.pk, "key_id": key.pk, "prefix": key.prefix}
+            params |= {"snapshot_id": snapshot.pk, "count": max(count, 1), "days": days, "start": start, "stop": stop}
+            cursor.execute(rows_sql, params)
+            say(f"account {position}: {stop + 1:,} of {count:,} rows ({time.monotonic() - started:.0f} s)")
 
 
 def timed(client, path: str, headers: dict, runs: int) -> tuple[float, float, int]:
