@@ -334,11 +334,12 @@ LOGGING: dict[str, Any] = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": OPENBILI_LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
-        # uvicorn's own lines (startup, errors) in the same format; its access log stays off
-        # (--no-access-log): the gateway's line per request says more.
+        # uvicorn's own lines (startup, errors) in the same format. Its access log stays off, with
+        # or without --no-access-log (uvicorn writes it only to a logger with handlers): the
+        # gateway's line per /v1 request says more, and a second line per request costs CPU.
         "uvicorn": _LOG_HANDLER,
         "uvicorn.error": _LOG_HANDLER,
-        "uvicorn.access": _LOG_HANDLER,
+        "uvicorn.access": {"handlers": [], "propagate": False},
         "openbili.access": {"level": "INFO" if OPENBILI_ACCESS_LOG else "WARNING"},
     },
 }

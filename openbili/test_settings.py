@@ -35,5 +35,5 @@ if "pytest" in sys.modules:
         "delay": True,
     }
     LOGGING["root"]["handlers"] = [*LOGGING["root"]["handlers"], "suite"]  # noqa: F405
-    for _logger in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for _logger in ("uvicorn", "uvicorn.error"):
         LOGGING["loggers"][_logger] = {**LOGGING["loggers"][_logger], "handlers": ["console", "suite"]}  # noqa: F405

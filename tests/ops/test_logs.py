@@ -146,3 +146,10 @@ def test_the_access_log_can_be_turned_off(setting):
         f"print(logging.getLogger('{ACCESS}').isEnabledFor(logging.INFO))", OPENBILI_ACCESS_LOG=setting
     )
     assert result.stdout.strip() == ("True" if setting == "1" else "False")
+
+
+def test_uvicorns_own_access_log_stays_off():
+    # uvicorn writes its access line only to a logger with handlers (with or without
+    # --no-access-log): the gateway's line per request replaces it, and a second costs CPU.
+    result = python_logging("print(logging.getLogger('uvicorn.access').hasHandlers())")
+    assert result.stdout.strip() == "False", result.stderr[-2000:]
