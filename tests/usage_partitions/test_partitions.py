@@ -255,3 +255,18 @@ def test_the_daily_task_and_the_command_make_the_same_partitions(capsys):
     call_command("usage_partitions")
     out = capsys.readouterr().out
     assert "made: none" in out and "2020-01" in out and f"{THIS_MONTH:%Y-%m}" in out
+
+
+def test_every_partition_leaves_room_on_its_pages_for_hot_settles():
+    # Made by the migration, made later, DEFAULT: each keeps a fifth of a page free (migration 0012),
+    # so that a settle's new row version fits beside the old one (a HOT update, no index written).
+    partitions.partitions_ensure(now=LONG_AGO)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, c.reloptions FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'usage_usagerecord'::regclass"
+        )
+        found = dict(cursor.fetchall())
+    assert partitions.partition_name(LONG_AGO) in found and partitions.partition_name(NOW) in found
+    assert "usage_usagerecord_default" in found
+    assert {name: options for name, options in found.items() if "fillfactor=80" not in (options or [])} == {}
