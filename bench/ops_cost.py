@@ -111,7 +111,7 @@ def finished_context():
     row = ctx.new_row(model="gpt-5")
     row.update(route_id=3, provider="openai", upstream_model="gpt-5", status=200, input_tokens=12, output_tokens=40,
                billing_result="billed", cost_usd="0.000415", finished_at=datetime.now(UTC))
-    ctx.label, ctx.status, ctx.response_started = "/v1/chat/completions", 200, True
+    ctx.label, ctx.status = "/v1/chat/completions", 200
     ctx.attempts, ctx.upstream_seconds = attempts, 0.0125
     return ctx
 

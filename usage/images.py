@@ -336,7 +336,6 @@ async def serve_image(state: GatewayState, ctx: Ctx, send, token_path: str, *, m
 
 
 async def _start(send, ctx: Ctx, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-    ctx.response_started = True
     ctx.status = status
     await send({"type": "http.response.start", "status": status, "headers": [*headers, *ctx.id_headers()]})
 

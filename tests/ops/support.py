@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -35,8 +33,3 @@ def total(samples: dict, name: str, **labels) -> float:
 
 def delta(before: dict, after: dict, name: str, **labels) -> float:
     return value(after, name, **labels) - value(before, name, **labels)
-
-
-def run_on_loop(coroutine_factory, server):
-    """Run a coroutine on the live server's event loop (the gateway's state lives there)."""
-    return asyncio.run_coroutine_threadsafe(coroutine_factory(), server.loop).result(timeout=20)

@@ -66,7 +66,6 @@ class Ctx:
         "key",
         "label",
         "request_id",
-        "response_started",
         "row",
         "row_written",
         "scope",
@@ -87,7 +86,6 @@ class Ctx:
         self.scope = scope  # the ASGI scope, for what few need beyond the headers (an image URL's host)
         self.key: KeyInfo | None = None
         self.row: dict | None = None
-        self.response_started = False
         self.row_written = False
         self.disconnected_at: datetime | None = None
         # For the request's metrics and log line (observe.py): its endpoint as a metric label (a
@@ -101,6 +99,11 @@ class Ctx:
         self.upstream_seconds = 0.0
         self.first_byte: float | None = None
         self.spans: list[tuple[float, float]] = []  # each attempt's (start, end), when tracing is on
+
+    @property
+    def response_started(self) -> bool:
+        """Whether the answer's status line has gone (its status is set where it is sent)."""
+        return self.status != 0
 
     def id_headers(self) -> list[tuple[bytes, bytes]]:
         request_id = self.request_id.encode()
@@ -194,7 +197,6 @@ async def send_bytes(
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *ctx.id_headers()]
     if extra:
         headers.extend(extra)
-    ctx.response_started = True
     ctx.status = status
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -446,7 +446,6 @@ class Call:
             )
             return
         await self.settle(usage, billing_result="billed", status=200, estimated=estimated, output_reached=True)
-        ctx.response_started = True
         ctx.status = 200
         await self.send(
             {
@@ -471,7 +470,6 @@ class Call:
         track = endpoint.track_sent
         held = b""  # the last event(s) of a Responses stream, sent once the bill is settled
         wants_usage = self.parsed.wants_usage
-        ctx.response_started = True
         ctx.status = 200
         await self.send(
             {
@@ -669,7 +667,6 @@ class Call:
                 await self.send({"type": "http.response.body", "body": event, "more_body": False})
                 return
             body = self.endpoint.error_body(error, request_id=ctx.request_id, trace_id=ctx.trace_id)
-            ctx.response_started = True
             ctx.status = error.status
             await self.send(
                 {
@@ -818,7 +815,6 @@ async def count_tokens(state: GatewayState, ctx: Ctx, endpoint: Endpoint, receiv
         )
         await state.write_row(row)
         ctx.row_written = True
-        ctx.response_started = True
         ctx.status = 200
         await send(
             {
